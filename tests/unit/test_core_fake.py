@@ -1,0 +1,181 @@
+"""SandboxCore on the fakes: lifecycle, state machine, bad input, clean-up, gc (no VM)."""
+import time
+
+import pytest
+
+from vmsandbox.exceptions import (ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
+                                  ResourceLimitError, StateError)
+from vmsandbox.models import SandboxState
+from vmsandbox.testing import FakeSession, fake_core
+
+NO_POLICY = {"safety": {"validation": {"enabled": False}}}
+
+
+@pytest.fixture
+def core(tmp_path):
+    c = fake_core(tmp_path, NO_POLICY)
+    yield c
+    c.close()
+
+
+def leftovers(core):
+    return (core.provider.list_machines(""), sorted(p.name for p in (core.state_dir / "sandboxes").iterdir()),
+            core.store.list_sandboxes())
+
+
+def test_create_execute_destroy(core):
+    sid = core.create_sandbox("build-1", {"box": "tiny", "resource_limits": {"cpu": "1", "memory": "256M", "disk": "1G"}})
+    info = core.get("build-1")
+    assert info.id == sid and info.state is SandboxState.RUNNING
+    assert info.domain.startswith("vmsbx-build-1-")
+    assert core.active_disk(info).exists()
+    r = core.execute(sid, "make test", timeout=5, working_dir="/src")
+    assert r.exit_code == 0 and core.fake_sessions[sid].commands == ["make test"]
+    assert core.destroy(sid)
+    assert leftovers(core) == ([], [], [])
+    ops = [(r["operation"], r["outcome"]) for r in core.audit_log("build-1")]
+    assert ops == [("create", "ok"), ("execute", "ok"), ("destroy", "ok")]
+
+
+def test_fractional_cpu_becomes_quota(core):
+    core.create_sandbox("q", {"resource_limits": {"cpu": "0.5"}})
+    spec = core.provider.domains[core.get("q").domain]["spec"]
+    assert spec.vcpus == 1 and spec.cpu_quota == 0.5
+
+
+@pytest.mark.parametrize("name,cfg,exc,words", [
+    ("Bad Name", {}, ConfigError, "not a valid sandbox name"),
+    ("", {}, ConfigError, "not a valid sandbox name"),
+    ("ok", {"box": "nope"}, NotFoundError, "no box 'nope'"),
+    ("ok", {"resource_limits": {"memory": "4Q"}}, ConfigError, "resource_limits.memory"),
+    ("ok", {"resource_limits": {"cpu": "0"}}, ConfigError, "resource_limits.cpu"),
+    ("ok", {"resource_limits": {"disk": "100M"}}, ConfigError, "smaller than box"),
+    ("ok", {"resource_limits": {"memory": "64G"}}, ResourceLimitError, "exceeds safety.limits.memory"),
+    ("ok", {"resource_limits": {"gpu": 1}}, ConfigError, "resource_limits.gpu"),
+    ("ok", {"colour": "red"}, ConfigError, "sandbox config.colour"),
+    ("ok", {"isolation_type": "container"}, ConfigError, "not supported yet"),
+    ("ok", {"network_mode": "bridge"}, ConfigError, "not supported yet"),
+    ("ok", {"network_mode": "host"}, ConfigError, "network_mode"),
+    ("ok", {"persistent": "yes"}, ConfigError, "persistent"),
+])
+def test_bad_input_is_one_clear_error_and_leaves_nothing(core, name, cfg, exc, words):
+    with pytest.raises(exc, match=words):
+        core.create_sandbox(name, cfg)
+    assert leftovers(core) == ([], [], [])
+
+
+def test_duplicate_name(core):
+    core.create_sandbox("dup")
+    with pytest.raises(ConfigError, match="already exists"):
+        core.create_sandbox("dup")
+    assert len(core.list_sandboxes()) == 1
+
+
+def test_boot_failure_leaves_nothing(core):
+    core.provider.fail_on["start_machine"] = ProviderError("booting: QEMU said no")
+    with pytest.raises(ProviderError, match="QEMU said no"):
+        core.create_sandbox("x")
+    assert leftovers(core) == ([], [], [])
+    assert core.audit_log("x")[-1]["outcome"] == "failed"
+
+
+def test_unreachable_guest_keeps_only_console_log(tmp_path):
+    core = fake_core(tmp_path, NO_POLICY)
+
+    def session(info):
+        (core.sandbox_dir(info) / "console.log").write_text("kernel panic\n")
+        return FakeSession(info.ssh_port, ready_error=GuestUnreachableError(
+            f"no SSH; see {core.console_log(info)}", str(core.console_log(info))))
+    core.session = session
+    with pytest.raises(GuestUnreachableError) as e:
+        core.create_sandbox("silent")
+    assert leftovers(core) == ([], [], [])
+    kept = e.value.console_log
+    assert "logs/silent-" in kept and open(kept).read() == "kernel panic\n"
+    assert kept in str(e.value)
+
+
+def test_state_machine_guards(core):
+    sid = core.create_sandbox("s")
+    core.pause(sid)
+    with pytest.raises(StateError, match="it is paused"):
+        core.execute(sid, "true")
+    with pytest.raises(StateError):
+        core.pause(sid)
+    core.resume(sid)
+    core.stop(sid)
+    assert core.get(sid).state is SandboxState.STOPPED
+    with pytest.raises(StateError, match="needs running"):
+        core.execute(sid, "true")
+    core.start(sid)
+    assert core.execute(sid, "true").exit_code == 0
+
+
+def test_limit_pause_raises_resource_limit_error(core):
+    sid = core.create_sandbox("lim")
+    core.pause(sid, reason="limit: disk 1.2G over its 1G limit")
+    with pytest.raises(ResourceLimitError, match="disk 1.2G over"):
+        core.execute(sid, "true")
+
+
+def test_destroyed_sandbox(core):
+    sid = core.create_sandbox("gone")
+    core.destroy(sid)
+    with pytest.raises(NotFoundError):
+        core.execute(sid, "true")
+    with pytest.raises(NotFoundError):
+        core.destroy(sid)
+
+
+def test_reconcile_notices_vanished_domain(core):
+    sid = core.create_sandbox("v")
+    core.provider.domains.clear()
+    info = core.get(sid)
+    assert info.state is SandboxState.BROKEN and "gone" in info.reason
+
+
+def test_empty_command_and_bad_timeout(core):
+    sid = core.create_sandbox("c")
+    with pytest.raises(ConfigError, match="empty"):
+        core.execute(sid, "  ")
+    with pytest.raises(ConfigError, match="timeout"):
+        core.execute(sid, "true", timeout=0)
+
+
+def test_gc_ttl_and_orphans(tmp_path):
+    core = fake_core(tmp_path, {**NO_POLICY, "sandbox": {"ttl_seconds": 1}})
+    old = core.create_sandbox("old")
+    keep = core.create_sandbox("keep", {"persistent": True})
+    core.store.update_sandbox(old, last_used_at=time.time() - 10)
+    core.store.update_sandbox(keep, last_used_at=time.time() - 10)
+    core.provider.domains["vmsbx-orphan-1"] = core.provider.domains[core.get(keep).domain]
+    (core.state_dir / "sandboxes" / "sb-orphan").mkdir()
+    removed = core.gc()
+    assert any("old" in r for r in removed) and any("vmsbx-orphan-1" in r for r in removed)
+    assert any("sb-orphan" in r for r in removed)
+    assert [i.name for i in core.list_sandboxes()] == ["keep"]
+    assert core.provider.list_machines("vmsbx-") == [core.get(keep).domain]
+
+
+def test_restart_sees_earlier_sandboxes(tmp_path):
+    a = fake_core(tmp_path, NO_POLICY)
+    sid = a.create_sandbox("persist")
+    b = fake_core(tmp_path, NO_POLICY)
+    b.provider = a.provider
+    assert b.get("persist").id == sid
+    assert b.execute("persist", "true").exit_code == 0
+
+
+def test_async_twin(tmp_path):
+    import asyncio
+    from vmsandbox.core import AsyncSandboxCore
+
+    async def go():
+        ac = AsyncSandboxCore.__new__(AsyncSandboxCore)
+        ac.sync = fake_core(tmp_path, NO_POLICY)
+        sid = await ac.create_sandbox("as")
+        r = await ac.execute(sid, "echo")
+        await ac.destroy(sid)
+        await ac.close()
+        return r.exit_code
+    assert asyncio.run(go()) == 0

@@ -1,0 +1,20 @@
+"""vmsandbox: throwaway VM sandboxes for untrusted work.
+
+Public API: ``SandboxCore`` / ``AsyncSandboxCore`` (lifecycle, execute), ``ExecutionResult``,
+``SandboxInfo``, ``SandboxState``, ``load_config``/``Config`` and the exception tree.
+The policy lives in ``vmsandbox.safety`` (``SafetyValidator``).
+"""
+from .config import Config, load_config
+from .core import AsyncSandboxCore, SandboxCore
+from .exceptions import (CommandTimeout, ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
+                         ResourceLimitError, RollbackError, SandboxError, SecurityError, StateCorruptionError,
+                         StateError)
+from .models import ExecutionResult, SandboxInfo, SandboxState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SandboxCore", "AsyncSandboxCore", "ExecutionResult", "SandboxInfo", "SandboxState", "Config", "load_config",
+    "SandboxError", "ConfigError", "NotFoundError", "StateError", "SecurityError", "ResourceLimitError",
+    "ProviderError", "GuestUnreachableError", "CommandTimeout", "RollbackError", "StateCorruptionError",
+]

@@ -1,0 +1,60 @@
+"""The demo (the README's main job): one sandbox through its whole life, narrated."""
+from __future__ import annotations
+
+import time
+
+import click
+
+from ..exceptions import SecurityError
+
+
+def _step(title: str) -> None:
+    click.secho(f"==> {title}", bold=True)
+
+
+def run_demo(core, box: str | None = None, keep: bool = False) -> None:
+    name = f"demo-{int(time.time()) % 100000}"
+    cfg = {"resource_limits": {"cpu": "1", "memory": "256M", "disk": "1G"}}
+    if box:
+        cfg["box"] = box
+    _step(f"create sandbox {name}")
+    t = time.monotonic()
+    sid = core.create_sandbox(name, cfg, progress=lambda m: click.echo(f"    {m}"))
+    click.echo(f"    up in {time.monotonic() - t:.1f} s (accelerator: {core.provider.accelerator()[0]})")
+    try:
+        for cmd in ("uname -a", "echo hello from $(hostname); id -u", "df -h / | tail -1"):
+            _step(f"exec: {cmd}")
+            r = core.execute(sid, cmd)
+            click.echo(f"    exit {r.exit_code} in {r.duration * 1000:.0f} ms")
+            for line in r.stdout.rstrip().splitlines():
+                click.echo(f"    | {line}")
+        _step("policy: try `rm -rf /`")
+        try:
+            core.execute(sid, "rm -rf /")
+        except SecurityError as exc:
+            click.echo(f"    blocked: {exc}")
+        if hasattr(core, "create_snapshot"):
+            _demo_snapshot(core, sid)
+    finally:
+        if keep:
+            click.echo(f"kept {name}; destroy it with `vmsandbox destroy {name}`")
+        else:
+            _step(f"destroy {name}")
+            t = time.monotonic()
+            core.destroy(sid)
+            click.echo(f"    gone in {time.monotonic() - t:.1f} s")
+
+
+def _demo_snapshot(core, sid: str) -> None:
+    _step("write /root/state.txt, snapshot, then damage it")
+    core.execute(sid, "echo precious > /root/state.txt; sync")
+    t = time.monotonic()
+    snap = core.create_snapshot(sid, "before-risky-operation")
+    click.echo(f"    snapshot {snap} in {time.monotonic() - t:.2f} s")
+    core.execute(sid, "rm -f /root/state.txt; echo damaged > /root/other.txt")
+    click.echo(f"    after damage: {core.execute(sid, 'ls /root').stdout.split()}")
+    _step("roll back")
+    t = time.monotonic()
+    core.rollback(sid, snap)
+    r = core.execute(sid, "cat /root/state.txt; ls /root")
+    click.echo(f"    rolled back and ran a command in {time.monotonic() - t:.2f} s: {r.stdout.split()}")

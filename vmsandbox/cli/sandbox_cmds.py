@@ -1,0 +1,312 @@
+"""CLI commands for sandboxes: create, list, show, exec, cp, ssh, ssh-config, start/stop/pause/resume,
+destroy, gc, doctor, audit, config show, demo."""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import click
+import yaml
+
+from ._context import console, get_core, app, print_json, table
+
+COMMANDS: list[click.Command] = []
+
+
+def command(*args, **kwargs):
+    def deco(fn):
+        cmd = click.command(*args, **kwargs)(fn)
+        COMMANDS.append(cmd)
+        return cmd
+    return deco
+
+
+def _progress_runner(json_out: bool):
+    """A progress callback shown as a live status line to people, silent for machines."""
+    if json_out or not sys.stderr.isatty():
+        return None, None
+    status = console.status("starting")
+    start = time.monotonic()
+
+    def progress(msg: str) -> None:
+        status.update(f"{msg}  [{time.monotonic() - start:.1f} s]")
+    return status, progress
+
+
+def _limits(cpu, memory, disk) -> dict:
+    return {k: v for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v is not None}
+
+
+@command("create")
+@click.argument("name")
+@click.option("--box", default=None, help="Box to boot (default: sandbox.default_box).")
+@click.option("--cpu", default=None, help="vCPUs, e.g. 1, 2 or 0.5 (a quota).")
+@click.option("--memory", default=None, help="Memory, e.g. 256M, 1G.")
+@click.option("--disk", default=None, help="Virtual disk size, e.g. 2G.")
+@click.option("--network", "network_mode", type=click.Choice(["none", "nat", "bridge"]), default=None,
+              help="none: no network but the SSH forward (default); nat: outbound allowed.")
+@click.option("--persistent", is_flag=True, help="Keep until destroyed (gc leaves it alone).")
+@click.option("--clone-from", default=None, help="Snapshot to clone (a linked clone, running from that point).")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, json_out):
+    """Create and boot a sandbox; returns when a command can run in it."""
+    cfg: dict = {}
+    if box:
+        cfg["box"] = box
+    if _limits(cpu, memory, disk):
+        cfg["resource_limits"] = _limits(cpu, memory, disk)
+    if network_mode:
+        cfg["network_mode"] = network_mode
+    if persistent:
+        cfg["persistent"] = True
+    if clone_from:
+        cfg["clone_from"] = clone_from
+    core = get_core(ctx)
+    status, progress = _progress_runner(json_out)
+    start = time.monotonic()
+    if status:
+        with status:
+            sid = core.create_sandbox(name, cfg, progress=progress)
+    else:
+        sid = core.create_sandbox(name, cfg)
+    info = core.get(sid)
+    if json_out:
+        print_json({**info.to_dict(), "seconds": round(time.monotonic() - start, 3)})
+    else:
+        click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; ssh on 127.0.0.1:{info.ssh_port}")
+
+
+@command("list")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def list_cmd(ctx, json_out):
+    """List sandboxes."""
+    items = get_core(ctx).list_sandboxes()
+    if json_out:
+        print_json([i.to_dict() for i in items])
+        return
+    table(["NAME", "ID", "STATE", "BOX", "CPU", "MEMORY", "DISK", "SSH", "CREATED", "NOTE"],
+          [[i.name, i.id, i.state.value, i.box, i.cpu, i.memory, i.disk, f"127.0.0.1:{i.ssh_port}",
+            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"), i.reason] for i in items])
+
+
+@command("show")
+@click.argument("name")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def show(ctx, name, json_out):
+    """Show one sandbox."""
+    info = get_core(ctx).get(name)
+    if json_out:
+        print_json(info.to_dict())
+    else:
+        for k, v in info.to_dict().items():
+            click.echo(f"{k:14} {v}")
+
+
+@command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--timeout", type=float, default=None, help="Seconds before the command is killed.")
+@click.option("-w", "--workdir", default=None, help="Working directory in the guest.")
+@click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("-i", "--stdin", "use_stdin", is_flag=True, help="Feed this process's stdin to the command.")
+@click.option("--approve", is_flag=True, help="Approve a command the policy rates HIGH.")
+@click.option("--json", "json_out", is_flag=True, help="Print a JSON result instead of streaming output.")
+@click.pass_context
+def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json_out):
+    """Run COMMAND in sandbox NAME (after `--`); exits with the command's exit code (124 on timeout).
+
+    One argument is a shell command line; several are quoted and joined."""
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    envd = {}
+    for item in env:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+        k, v = item.split("=", 1)
+        envd[k] = v
+    stdin = sys.stdin.buffer.read() if use_stdin else None
+    core = get_core(ctx)
+    stream = {} if json_out else {"on_stdout": _writer(sys.stdout), "on_stderr": _writer(sys.stderr)}
+    r = core.execute(name, line, timeout=timeout, working_dir=workdir, env=envd or None, stdin=stdin,
+                     approve=approve, **stream)
+    if json_out:
+        print_json({"stdout": r.stdout, "stderr": r.stderr, "exit_code": r.exit_code, "duration": r.duration,
+                    "timed_out": r.timed_out, "truncated": r.truncated})
+    else:
+        if r.truncated:
+            click.echo("vmsandbox: output truncated at ssh.max_output", err=True)
+        if r.timed_out:
+            click.echo(f"vmsandbox: command timed out after {r.duration:.1f} s and was killed", err=True)
+    ctx.exit(124 if r.timed_out else (r.exit_code or 0))
+
+
+def _writer(stream):
+    buf = stream.buffer
+
+    def write(chunk: bytes) -> None:
+        buf.write(chunk)
+        buf.flush()
+    return write
+
+
+@command("cp")
+@click.argument("src")
+@click.argument("dst")
+@click.pass_context
+def cp(ctx, src, dst):
+    """Copy a file in or out: `cp FILE NAME:/path` or `cp NAME:/path FILE`."""
+    core = get_core(ctx)
+    if ":" in dst and ":" not in src:
+        name, remote = dst.split(":", 1)
+        core.put_file(name, src, remote)
+    elif ":" in src and ":" not in dst:
+        name, remote = src.split(":", 1)
+        core.get_file(name, remote, dst)
+    else:
+        raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
+
+
+def _ssh_files(core, name):
+    from ..ssh import known_hosts_line, openssh_config
+    info = core.get(name)
+    box = core.boxes.get(info.box)
+    host_key = box.host_key or info.extra.get("host_key")
+    if not host_key:
+        raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
+    known = core.sandbox_dir(info) / "known_hosts"
+    known.write_text(known_hosts_line(info.ssh_port, host_key) + "\n")
+    alias = f"vmsandbox-{info.name}"
+    return alias, openssh_config(alias, info.ssh_port, box.ssh_user, box.ssh_key, known)
+
+
+@command("ssh-config")
+@click.argument("name")
+@click.pass_context
+def ssh_config(ctx, name):
+    """Print an OpenSSH config block for NAME (append it to ~/.ssh/config)."""
+    _, block = _ssh_files(get_core(ctx), name)
+    click.echo(block)
+
+
+@command("ssh")
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def ssh(ctx, name, args):
+    """Open an interactive shell in NAME through the system ssh client."""
+    core = get_core(ctx)
+    core._require(core.get(name), "execute")
+    alias, block = _ssh_files(core, name)
+    cfg = core.sandbox_dir(core.get(name)) / "ssh_config"
+    cfg.write_text(block)
+    core.store.audit("ssh", "ok", core.get(name))
+    os.execvp("ssh", ["ssh", "-F", str(cfg), alias, *args])
+
+
+def _power_command(op: str, help_text: str):
+    @command(op, help=help_text)
+    @click.argument("name")
+    @click.pass_context
+    def _cmd(ctx, name):
+        info = getattr(get_core(ctx), op)(name)
+        click.echo(f"{info.name}: {info.state.value}")
+    return _cmd
+
+
+for _op, _help in (("start", "Boot a stopped sandbox and wait for SSH."),
+                   ("stop", "Power a sandbox off (disk kept)."),
+                   ("pause", "Freeze a sandbox's vCPUs."),
+                   ("resume", "Unfreeze a paused sandbox.")):
+    _power_command(_op, _help)
+
+
+@command("destroy")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def destroy(ctx, names):
+    """Destroy sandboxes: domain, disks, logs and record."""
+    core = get_core(ctx)
+    for n in names:
+        core.destroy(n)
+        click.echo(f"destroyed {n}")
+
+
+@command("gc")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def gc(ctx, dry_run, json_out):
+    """Destroy idle non-persistent sandboxes and remove orphaned domains and files."""
+    done = get_core(ctx).gc(dry_run=dry_run)
+    if json_out:
+        print_json(done)
+    else:
+        for line in done:
+            click.echo(("would remove " if dry_run else "removed ") + line)
+        if not done:
+            click.echo("nothing to remove")
+
+
+@command("doctor")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def doctor(ctx, json_out):
+    """Check libvirtd, QEMU, the accelerator, boxes and disk space."""
+    checks = get_core(ctx).doctor()
+    if json_out:
+        print_json([c.__dict__ for c in checks])
+    else:
+        table(["CHECK", "OK", "DETAIL", "FIX"], [[c.name, "yes" if c.ok else "NO", c.detail, c.fix] for c in checks])
+    ctx.exit(0 if all(c.ok for c in checks) else 1)
+
+
+@command("audit")
+@click.option("--sandbox", default=None, help="Only this sandbox's records.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def audit(ctx, sandbox, limit, json_out):
+    """Read the audit log (every operation and policy verdict)."""
+    rows = get_core(ctx).audit_log(sandbox, limit)
+    if json_out:
+        print_json(rows)
+        return
+    table(["TIME", "SANDBOX", "OPERATION", "OUTCOME", "DETAIL"],
+          [[datetime.fromtimestamp(r["ts"]).strftime("%H:%M:%S"), r["sandbox"], r["operation"], r["outcome"],
+            ", ".join(f"{k}={v}" for k, v in r["detail"].items())[:120]] for r in rows])
+
+
+@click.group("config")
+def config_group():
+    """Inspect configuration."""
+
+
+@config_group.command("show")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def config_show(ctx, json_out):
+    """Print the effective configuration (defaults merged with the file)."""
+    data = app(ctx).config.to_dict()
+    if json_out:
+        print_json(data)
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
+COMMANDS.append(config_group)
+
+
+@command("demo")
+@click.option("--box", default=None)
+@click.option("--keep", is_flag=True, help="Do not destroy the sandbox at the end.")
+@click.pass_context
+def demo(ctx, box, keep):
+    """The main job: create a sandbox, run commands, snapshot, roll back, destroy."""
+    from .demo import run_demo
+    run_demo(get_core(ctx), box=box, keep=keep)

@@ -1,0 +1,553 @@
+"""SandboxCore: the one façade over config, state store, provider, boxes, SSH and policy.
+
+Owns the sandbox lifecycle (an explicit state machine, ``models.ALLOWED``), the order of the
+steps of each operation and their clean-up on failure, and the audit record of every
+operation. ``AsyncSandboxCore`` offers the same methods as coroutines.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import importlib
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+from . import disks
+from .config import Config, Limits, load_config, parse_cpu, parse_size
+from .exceptions import (ConfigError, NotFoundError, ProviderError, ResourceLimitError, SandboxError,
+                         SecurityError, StateError)
+from .models import ALLOWED, ExecutionResult, SandboxInfo, SandboxState
+from .providers import MachineSpec, Provider, ProviderCheck, load_provider
+from .store import Store, default_db_path, ensure_state_dir
+
+log = logging.getLogger("vmsandbox")
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+SANDBOX_KEYS = {"box", "base_image", "resource_limits", "network_mode", "persistent", "isolation_type",
+                "clone_from", "ttl_seconds"}
+NETWORK_MODES = ("none", "nat")
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SandboxRequest:
+    """A validated ``create_sandbox`` config."""
+    box: str
+    limits: Limits
+    network_mode: str
+    persistent: bool
+    clone_from: Optional[str] = None
+
+
+class SandboxCore:
+    """Create, run commands in, snapshot, roll back and destroy VM sandboxes.
+
+    ``SandboxCore()`` uses the defaults (or ``$VMSANDBOX_CONFIG``); ``config_path=`` a YAML file;
+    ``config=`` a dict of sections (merged over the file). Raises ConfigError on bad config.
+    """
+
+    def __init__(self, config_path: str | os.PathLike | None = None, config: Mapping | Config | None = None,
+                 provider: Provider | None = None) -> None:
+        self.config = load_config(config_path, config)
+        sb = self.config.sandbox
+        self.state_dir = ensure_state_dir(sb.state_path)
+        (self.state_dir / "sandboxes").mkdir(exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        (self.state_dir / "locks").mkdir(mode=0o700, exist_ok=True)
+        self.store = Store(default_db_path(self.state_dir))
+        self.provider = provider or load_provider(sb.provider, self.config)
+        self._sessions: dict[str, Any] = {}
+        self._sessions_lock = threading.Lock()
+        self._boxes = None
+        self._validator = None
+
+    # -- collaborators, loaded on first use ----------------------------------------------
+    @property
+    def boxes(self):
+        if self._boxes is None:
+            from .boxes import BoxStore
+            self._boxes = BoxStore(self.config.sandbox.box_path)
+        return self._boxes
+
+    @property
+    def validator(self):
+        if self._validator is None:
+            from .safety import SafetyValidator
+            self._validator = SafetyValidator(self.config.safety)
+        return self._validator
+
+    def sandbox_dir(self, info: SandboxInfo | str) -> Path:
+        return self.state_dir / "sandboxes" / (info.id if isinstance(info, SandboxInfo) else info)
+
+    # -- lifecycle helpers ---------------------------------------------------------------
+    @contextmanager
+    def _locked(self, sandbox_id: str) -> Iterator[None]:
+        """Exclusive per-sandbox lock, across threads and processes."""
+        with open(self.state_dir / "locks" / f"{sandbox_id}.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _require(self, info: SandboxInfo, operation: str) -> None:
+        allowed = ALLOWED[operation]
+        if info.state in allowed:
+            return
+        if info.state in (SandboxState.PAUSED, SandboxState.STOPPED) and info.reason.startswith("limit:"):
+            raise ResourceLimitError(f"sandbox {info.name!r} is {info.state} because {info.reason[6:].strip()}; "
+                                     f"{operation} is not possible until it is resumed")
+        need = " or ".join(sorted(s.value for s in allowed))
+        raise StateError(f"cannot {operation} sandbox {info.name!r}: it is {info.state} (needs {need})",
+                         info.state, allowed)
+
+    def _set_state(self, info: SandboxInfo, state: SandboxState, reason: str = "") -> SandboxInfo:
+        return self.store.update_sandbox(info.id, state=state, reason=reason)
+
+    def _spec(self, info: SandboxInfo, disk_path: Path) -> MachineSpec:
+        box = self.boxes.get(info.box)
+        cpu = parse_cpu(info.cpu)
+        return MachineSpec(
+            name=info.domain, uuid=info.extra["uuid"], vcpus=max(1, math.ceil(cpu)),
+            cpu_quota=cpu if cpu < 1 else None, memory_bytes=parse_size(info.memory), disk_path=disk_path,
+            ssh_port=info.ssh_port, mac=info.extra["mac"], network_mode=info.network_mode,
+            console_log=self.console_log(info), kernel=box.kernel, initrd=box.initrd, cmdline=box.cmdline)
+
+    def console_log(self, info: SandboxInfo) -> Path:
+        return self.sandbox_dir(info) / "console.log"
+
+    def active_disk(self, info: SandboxInfo) -> Path:
+        return self.sandbox_dir(info) / info.extra.get("active_disk", "disk-0.qcow2")
+
+    # -- SSH -------------------------------------------------------------------------------
+    def session(self, info: SandboxInfo):
+        """The open SSH session to a sandbox (one per sandbox and port, reopened when dead)."""
+        from .ssh import SSHSession
+        with self._sessions_lock:
+            s = self._sessions.get(info.id)
+            if s is not None and s.port == info.ssh_port:
+                return s
+            if s is not None:
+                s.close()
+            box = self.boxes.get(info.box)
+            host_key = box.host_key or info.extra.get("host_key")
+
+            def remember(keyline: str, sid: str = info.id) -> None:
+                self.store.update_sandbox(sid, extra={"host_key": keyline})
+
+            s = SSHSession("127.0.0.1", info.ssh_port, box.ssh_user, box.ssh_key, host_key,
+                           connect_timeout=self.config.ssh.connect_timeout, on_new_host_key=remember)
+            self._sessions[info.id] = s
+            return s
+
+    def _drop_session(self, sandbox_id: str) -> None:
+        with self._sessions_lock:
+            s = self._sessions.pop(sandbox_id, None)
+        if s is not None:
+            s.close()
+
+    def _wait_ready(self, info: SandboxInfo, progress: Optional[Progress]) -> float:
+        cb = (lambda waited: progress(f"waiting for SSH ({waited:.0f} s)")) if progress else None
+        return self.session(info).wait_ready(self.config.sandbox.boot_timeout_seconds,
+                                             console_log=self.console_log(info), progress=cb)
+
+    # -- create ----------------------------------------------------------------------------
+    def parse_request(self, config: Mapping | None) -> SandboxRequest:
+        """Validate a ``create_sandbox`` config dict; ConfigError names the bad key."""
+        config = dict(config or {})
+        for key in config:
+            if key not in SANDBOX_KEYS:
+                raise ConfigError(f"unknown key (known: {', '.join(sorted(SANDBOX_KEYS))})", f"sandbox config.{key}")
+        iso = config.get("isolation_type", "vm")
+        if iso != "vm":
+            raise ConfigError(f"{iso!r} is not supported yet (only 'vm')", "sandbox config.isolation_type")
+        if "box" in config and "base_image" in config and config["box"] != config["base_image"]:
+            raise ConfigError("give box or base_image (its alias), not both", "sandbox config.box")
+        box = str(config.get("box", config.get("base_image", self.config.sandbox.default_box)))
+        net = config.get("network_mode", "none")
+        if net == "bridge":
+            raise ConfigError("'bridge' is not supported yet (use 'none' or 'nat')", "sandbox config.network_mode")
+        if net not in NETWORK_MODES:
+            raise ConfigError(f"{net!r} is not one of none, nat", "sandbox config.network_mode")
+        persistent = config.get("persistent", False)
+        if not isinstance(persistent, bool):
+            raise ConfigError(f"{persistent!r} must be true or false", "sandbox config.persistent")
+        rl = config.get("resource_limits") or {}
+        if not isinstance(rl, Mapping):
+            raise ConfigError(f"{rl!r} must be a mapping", "sandbox config.resource_limits")
+        unknown = set(rl) - {"cpu", "memory", "disk"}
+        if unknown:
+            raise ConfigError("unknown key (known: cpu, disk, memory)", f"sandbox config.resource_limits.{sorted(unknown)[0]}")
+        d = self.config.sandbox.default_limits
+        limits = Limits(cpu=str(rl.get("cpu", d.cpu)), memory=str(rl.get("memory", d.memory)),
+                        disk=str(rl.get("disk", d.disk)))
+        limits.validate("resource_limits")
+        cap = self.config.safety.limits
+        for key, value, maximum in (("cpu", limits.cpu_count, cap.cpu_count),
+                                    ("memory", limits.memory_bytes, cap.memory_bytes),
+                                    ("disk", limits.disk_bytes, cap.disk_bytes)):
+            if value > maximum:
+                raise ResourceLimitError(f"resource_limits.{key} {getattr(limits, key)} exceeds "
+                                         f"safety.limits.{key} {getattr(cap, key)}")
+        if limits.memory_bytes < 64 << 20:
+            raise ConfigError(f"{limits.memory!r} is too little memory (at least 64M)", "resource_limits.memory")
+        return SandboxRequest(box=box, limits=limits, network_mode=net, persistent=persistent,
+                              clone_from=config.get("clone_from"))
+
+    def create_sandbox(self, name: str, config: Mapping | None = None, progress: Optional[Progress] = None) -> str:
+        """Create and boot a sandbox; returns its id once a command can run in it.
+
+        Raises ConfigError (bad name/config), NotFoundError (unknown box), ResourceLimitError (over
+        safety.limits), ProviderError/GuestUnreachableError (boot failed). A failure leaves nothing behind.
+        """
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ConfigError(f"{name!r} is not a valid sandbox name (1-40 of a-z 0-9 '-', starting with a letter or digit)", "name")
+        req = self.parse_request(config)
+        if req.clone_from:
+            return self._clone(name, req, progress)
+        box = self.boxes.get(req.box)
+        if req.limits.disk_bytes < box.virtual_size:
+            raise ConfigError(f"{req.limits.disk!r} is smaller than box {box.name!r} ({box.virtual_size >> 20} MiB)",
+                              "resource_limits.disk")
+        started = time.monotonic()
+        sid = "sb-" + uuid.uuid4().hex[:12]
+        try:
+            info = self.store.reserve_sandbox(
+                id=sid, name=name, box=box.name, domain=f"{self.config.sandbox.domain_prefix}{name}-{sid[-6:]}",
+                cpu=req.limits.cpu, memory=req.limits.memory, disk=req.limits.disk,
+                network_mode=req.network_mode, persistent=req.persistent,
+                port_range=tuple(self.config.sandbox.port_range),
+                extra={"uuid": str(uuid.uuid4()), "mac": _mac_for(sid), "active_disk": "disk-0.qcow2"})
+        except SandboxError as exc:
+            self.store.audit("create", "rejected", sandbox_id=sid, sandbox_name=name, error=str(exc))
+            raise ConfigError(str(exc), "name") from None
+        try:
+            with self._locked(sid):
+                if progress:
+                    progress("creating disk")
+                d = self.sandbox_dir(info)
+                d.mkdir(mode=0o755)
+                os.chmod(d, 0o755)
+                disks.create_overlay(self.active_disk(info), box.image, req.limits.disk_bytes)
+                if progress:
+                    progress("booting guest")
+                self.provider.start_machine(self._spec(info, self.active_disk(info)))
+                self._wait_ready(info, progress)
+                info = self._set_state(info, SandboxState.RUNNING)
+        except BaseException as exc:
+            self._discard_failed_create(info, exc)
+            raise
+        took = time.monotonic() - started
+        self.store.audit("create", "ok", info, box=box.name, port=info.ssh_port, seconds=round(took, 3),
+                         accelerator=self.provider.accelerator()[0])
+        return sid
+
+    def _discard_failed_create(self, info: SandboxInfo, exc: BaseException) -> None:
+        """Remove every trace of a half-made sandbox; keep only its console log for diagnosis."""
+        self._drop_session(info.id)
+        console = self.console_log(info)
+        kept = None
+        if console.exists() and console.stat().st_size:
+            kept = self.state_dir / "logs" / f"{info.name}-{info.id}-console.log"
+            shutil.copyfile(console, kept)
+        try:
+            self.provider.destroy_machine(info.domain)
+        except SandboxError as cleanup_exc:
+            log.error("clean-up of %s failed: %s", info.domain, cleanup_exc)
+        shutil.rmtree(self.sandbox_dir(info), ignore_errors=True)
+        self.store.delete_sandbox(info.id)
+        self.store.audit("create", "failed", info, error=str(exc) or type(exc).__name__,
+                         console_log=str(kept) if kept else None)
+        if kept is not None and getattr(exc, "console_log", None):
+            exc.console_log = str(kept)
+            if exc.args:
+                exc.args = (str(exc.args[0]).replace(str(console), str(kept)),) + exc.args[1:]
+
+    def _clone(self, name: str, req: SandboxRequest, progress: Optional[Progress]) -> str:
+        raise ConfigError("clone_from needs snapshots, which are not available yet", "sandbox config.clone_from")
+
+    # -- queries ---------------------------------------------------------------------------
+    def get(self, sandbox: str) -> SandboxInfo:
+        """A sandbox by id or name (NotFoundError if none), its state reconciled with the VM layer."""
+        return self._reconcile(self.store.get_sandbox(sandbox))
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        return [self._reconcile(i) for i in self.store.list_sandboxes()]
+
+    def _reconcile(self, info: SandboxInfo) -> SandboxInfo:
+        """Record what happened behind our back: a guest that powered off or vanished."""
+        if info.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
+            return info
+        try:
+            actual = self.provider.machine_state(info.domain)
+        except ProviderError:
+            return info
+        if actual in ("running", "paused") and actual != info.state.value and not info.reason.startswith("limit:"):
+            return self._set_state(info, SandboxState(actual))
+        if actual in ("shutoff", "crashed", None):
+            why = "its domain is gone" if actual is None else f"the guest is {actual}"
+            new = SandboxState.STOPPED if actual == "shutoff" else SandboxState.BROKEN
+            info = self._set_state(info, new, why)
+            self.store.audit("reconcile", new.value, info, reason=why)
+        return info
+
+    # -- commands --------------------------------------------------------------------------
+    def execute(self, sandbox_id: str, command: str, timeout: float | None = None, working_dir: str | None = None,
+                env: Mapping[str, str] | None = None, stdin: bytes | str | None = None, approve: bool = False,
+                on_stdout: Callable[[bytes], None] | None = None,
+                on_stderr: Callable[[bytes], None] | None = None) -> ExecutionResult:
+        """Screen ``command`` with the policy, then run it in the sandbox over SSH.
+
+        Raises SecurityError (blocked, or HIGH without approval), StateError / ResourceLimitError
+        (sandbox not running), NotFoundError, ProviderError (transport). A non-zero exit or a
+        timeout is a normal result (``exit_code``, ``timed_out``).
+        """
+        if not isinstance(command, str) or not command.strip():
+            raise ConfigError("the command is empty", "command")
+        info = self.get(sandbox_id)
+        self._require(info, "execute")
+        self.screen(info, command, approve)
+        to = timeout if timeout is not None else self.config.ssh.command_timeout
+        if not to > 0:
+            raise ConfigError(f"{timeout!r} must be above 0 seconds", "timeout")
+        try:
+            result = self.session(info).execute(command, timeout=to, working_dir=working_dir, env=env, stdin=stdin,
+                                                max_output=self.config.ssh.max_output_bytes,
+                                                on_stdout=on_stdout, on_stderr=on_stderr)
+        except SandboxError as exc:
+            self.store.audit("execute", "error", info, command=command, error=str(exc))
+            raise
+        self.store.touch(info.id)
+        self.store.audit("execute", "timeout" if result.timed_out else "ok", info, command=command,
+                         exit_code=result.exit_code, seconds=round(result.duration, 3),
+                         truncated=result.truncated)
+        return result
+
+    def screen(self, info: SandboxInfo, command: str, approve: bool = False):
+        """Apply the command policy; returns the assessment or raises SecurityError."""
+        if not self.config.safety.validation.enabled:
+            return None
+        a = self.validator.validate_command(command)
+        decision = self.validator.decide(a)
+        rules = [f.rule_id for f in a.findings]
+        if decision == "needs_approval":
+            approved = approve or self._approval_callback(a, info)
+            decision = "approved" if approved else "needs_approval"
+        self.store.audit("policy", decision, info, command=command, level=str(a.risk_level.value), rules=rules,
+                         reason=a.reason)
+        if decision == "block":
+            raise SecurityError(f"blocked ({a.risk_level.value}): {a.reason}", a)
+        if decision == "needs_approval":
+            raise SecurityError(f"needs approval ({a.risk_level.value}): {a.reason} "
+                                "(pass approve=True, or `vmsandbox exec --approve`)", a)
+        if decision in ("flag", "approved", "warn"):
+            self._before_risky_command(info, a)
+        return a
+
+    def _approval_callback(self, assessment, info: SandboxInfo) -> bool:
+        path = self.config.safety.approval_callback
+        if not path:
+            return False
+        module, _, func = path.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot load {path!r}: {exc}", "safety.approval_callback") from exc
+        return bool(fn(assessment, info))
+
+    def _before_risky_command(self, info: SandboxInfo, assessment) -> None:
+        """Hook run before a command rated MEDIUM or above (automatic snapshot, when enabled)."""
+
+    def put_file(self, sandbox_id: str, local: str | os.PathLike, remote: str) -> None:
+        """Copy a local file into the sandbox."""
+        info = self.get(sandbox_id)
+        self._require(info, "copy")
+        if not Path(local).is_file():
+            raise NotFoundError(f"no local file {str(local)!r}")
+        self.session(info).put(Path(local), remote)
+        self.store.audit("copy_in", "ok", info, local=str(local), remote=remote)
+
+    def get_file(self, sandbox_id: str, remote: str, local: str | os.PathLike) -> None:
+        """Copy a file out of the sandbox."""
+        info = self.get(sandbox_id)
+        self._require(info, "copy")
+        self.session(info).get(remote, Path(local))
+        self.store.audit("copy_out", "ok", info, remote=remote, local=str(local))
+
+    # -- power -----------------------------------------------------------------------------
+    def _power(self, sandbox_id: str, operation: str, target: SandboxState, action: Callable[[SandboxInfo], None],
+               reason: str = "") -> SandboxInfo:
+        info = self.get(sandbox_id)
+        with self._locked(info.id):
+            info = self.get(info.id)
+            self._require(info, operation)
+            try:
+                action(info)
+            except SandboxError as exc:
+                self.store.audit(operation, "failed", info, error=str(exc))
+                raise
+            info = self._set_state(info, target, reason)
+        self.store.audit(operation, "ok", info, **({"reason": reason} if reason else {}))
+        return info
+
+    def stop(self, sandbox_id: str, timeout: float = 30) -> SandboxInfo:
+        """Power the guest off (ACPI, hard after ``timeout``); disk kept; ``start`` boots it again."""
+        def act(info: SandboxInfo) -> None:
+            self._drop_session(info.id)
+            self.provider.shutdown_machine(info.domain, timeout)
+        return self._power(sandbox_id, "stop", SandboxState.STOPPED, act)
+
+    def start(self, sandbox_id: str, progress: Optional[Progress] = None) -> SandboxInfo:
+        """Boot a stopped sandbox (also after a host restart) and wait until SSH answers."""
+        def act(info: SandboxInfo) -> None:
+            if self.provider.machine_state(info.domain) is None:      # host restarted, definition lost
+                self.provider.start_machine(self._spec(info, self.active_disk(info)))
+            else:
+                self.provider.boot_machine(info.domain)
+            self._drop_session(info.id)
+            self._wait_ready(info, progress)
+        return self._power(sandbox_id, "start", SandboxState.RUNNING, act)
+
+    def pause(self, sandbox_id: str, reason: str = "") -> SandboxInfo:
+        """Freeze the guest's vCPUs (memory kept)."""
+        return self._power(sandbox_id, "pause", SandboxState.PAUSED, lambda i: self.provider.pause_machine(i.domain), reason)
+
+    def resume(self, sandbox_id: str) -> SandboxInfo:
+        return self._power(sandbox_id, "resume", SandboxState.RUNNING, lambda i: self.provider.resume_machine(i.domain))
+
+    # -- destroy and garbage collection ----------------------------------------------------
+    def destroy(self, sandbox_id: str) -> bool:
+        """Stop the guest and remove its domain, disks, logs and record. Idempotent per sandbox."""
+        info = self.store.get_sandbox(sandbox_id)
+        with self._locked(info.id):
+            self._set_state(info, SandboxState.DESTROYING)
+            self._drop_session(info.id)
+            try:
+                self.provider.destroy_machine(info.domain)
+            except SandboxError as exc:
+                self._set_state(info, SandboxState.BROKEN, f"destroy failed: {exc}")
+                self.store.audit("destroy", "failed", info, error=str(exc))
+                raise
+            self._remove_files(info)
+            self.store.delete_sandbox(info.id)
+        try:
+            os.unlink(self.state_dir / "locks" / f"{info.id}.lock")
+        except FileNotFoundError:
+            pass
+        self.store.audit("destroy", "ok", info)
+        return True
+
+    def _remove_files(self, info: SandboxInfo) -> None:
+        shutil.rmtree(self.sandbox_dir(info), ignore_errors=True)
+
+    def gc(self, dry_run: bool = False) -> list[str]:
+        """Destroy idle non-persistent sandboxes past ``sandbox.ttl_seconds`` and remove orphans
+        (prefixed domains or sandbox directories with no record, records stuck half-created)."""
+        done: list[str] = []
+        now = time.time()
+        ttl = self.config.sandbox.ttl_seconds
+        records = self.store.list_sandboxes()
+        for info in records:
+            idle = now - info.last_used_at
+            stuck = info.state in (SandboxState.CREATING, SandboxState.DESTROYING) and idle > 2 * self.config.sandbox.boot_timeout_seconds
+            if stuck or (not info.persistent and idle > ttl):
+                done.append(f"sandbox {info.name} ({'stuck ' + info.state.value if stuck else f'idle {idle:.0f} s'})")
+                if not dry_run:
+                    self.destroy(info.id)
+        known_domains = {i.domain for i in self.store.list_sandboxes()}
+        for dom in self.provider.list_machines(self.config.sandbox.domain_prefix):
+            if dom not in known_domains and not self._is_extra_domain(dom):
+                done.append(f"domain {dom} (no record)")
+                if not dry_run:
+                    self.provider.destroy_machine(dom)
+        known_ids = {i.id for i in self.store.list_sandboxes()}
+        for d in sorted((self.state_dir / "sandboxes").iterdir()):
+            if d.name not in known_ids:
+                done.append(f"directory {d} (no record)")
+                if not dry_run:
+                    shutil.rmtree(d, ignore_errors=True)
+        self.store.audit("gc", "dry-run" if dry_run else "ok", removed=done)
+        return done
+
+    def _is_extra_domain(self, domain: str) -> bool:
+        """Domains we own that are not a sandbox's current one (e.g. an old guest being retired)."""
+        return False
+
+    # -- diagnostics -----------------------------------------------------------------------
+    def doctor(self) -> list[ProviderCheck]:
+        checks = list(self.provider.checks())
+        try:
+            boxes = self.boxes.list()
+            checks.append(ProviderCheck("boxes", bool(boxes), ", ".join(b.name for b in boxes) or "no boxes",
+                                        "" if boxes else "vmsandbox box build tiny"))
+        except SandboxError as exc:
+            checks.append(ProviderCheck("boxes", False, str(exc), "vmsandbox box build tiny"))
+        free = shutil.disk_usage(self.state_dir).free
+        checks.append(ProviderCheck("disk space", free > 2 << 30, f"{free / (1 << 30):.1f} GiB free in {self.state_dir}",
+                                    "" if free > 2 << 30 else "free some disk space"))
+        writable = os.access(self.state_dir, os.W_OK)
+        checks.append(ProviderCheck("state directory", writable, str(self.state_dir)))
+        return checks
+
+    def audit_log(self, sandbox: str | None = None, limit: int = 100) -> list[dict]:
+        return self.store.read_audit(sandbox, limit)
+
+    # -- teardown --------------------------------------------------------------------------
+    def close(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for s in sessions:
+            s.close()
+        self.provider.close()
+        self.store.close()
+
+    def __enter__(self) -> "SandboxCore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _mac_for(sandbox_id: str) -> str:
+    h = uuid.uuid5(uuid.NAMESPACE_OID, sandbox_id).bytes
+    return "52:54:00:%02x:%02x:%02x" % (h[0], h[1], h[2])
+
+
+class AsyncSandboxCore:
+    """``SandboxCore`` with every public operation as a coroutine (run in a worker thread)."""
+
+    METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
+               "resume", "put_file", "get_file", "gc", "doctor", "audit_log")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sync = SandboxCore(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.METHODS and name not in getattr(self.sync, "ASYNC_EXTRA", ()):
+            raise AttributeError(name)
+        fn = getattr(self.sync, name)
+
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        return call
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> "AsyncSandboxCore":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()

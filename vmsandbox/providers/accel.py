@@ -1,0 +1,89 @@
+"""Accelerator choice: a bounded probe that shows whether KVM really runs guest code.
+
+``/dev/kvm`` existing proves nothing (on some hosts ``qemu -accel kvm`` hangs in the kernel).
+The probe boots a 512-byte boot sector that writes to QEMU's ``isa-debug-exit`` port; only a
+guest that really executed exits with status 3. It is killed after ``timeout`` seconds and never
+waited on without bound (a hung KVM process may be unkillable). The verdict is cached per kernel
+and QEMU binary in ``<state_directory>/accel.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+# mov al,1 ; out 0xf4,al ; hlt ; jmp $-3   + boot signature
+_BOOT_SECTOR = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])
+_BOOT_SECTOR += bytes(510 - len(_BOOT_SECTOR)) + b"\x55\xaa"
+_EXPECTED_EXIT = (1 << 1) | 1
+
+
+def probe(accel: str, timeout: float = 5.0) -> tuple[bool, str]:
+    """Run the boot-sector guest under ``accel``; (worked, why)."""
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        return False, f"{QEMU} is not installed"
+    if accel == "kvm":
+        if not os.path.exists("/dev/kvm"):
+            return False, "/dev/kvm does not exist"
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            return False, "/dev/kvm is not accessible"
+    with tempfile.TemporaryDirectory(prefix="vmsandbox-probe-") as tmp:
+        img = Path(tmp) / "probe.img"
+        img.write_bytes(_BOOT_SECTOR)
+        cmd = [qemu, "-accel", accel, "-M", "pc", "-m", "16", "-nodefaults", "-display", "none",
+               "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+               "-drive", f"file={img},format=raw,if=floppy", "-boot", "a"]
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            # Reap in the background: a process stuck in KVM_RUN may linger in the kernel.
+            threading.Thread(target=proc.wait, daemon=True).start()
+            return False, f"a {accel} guest did not finish in {timeout:g} s (hung); killed"
+        took = time.monotonic() - start
+    if proc.returncode == _EXPECTED_EXIT:
+        return True, f"a {accel} test guest ran in {took:.2f} s"
+    tail = (err or b"").decode(errors="replace").strip().splitlines()[-1:] or [""]
+    return False, f"{accel} test guest failed (exit {proc.returncode}): {tail[0]}"
+
+
+def _cache_key() -> str:
+    qemu = shutil.which(QEMU) or ""
+    mtime = os.stat(qemu).st_mtime if qemu else 0
+    return f"{platform.release()}|{qemu}|{mtime}"
+
+
+def choose(setting: str, state_dir: Path, timeout: float = 5.0) -> tuple[str, str]:
+    """Resolve ``sandbox.accelerator`` ('auto'|'kvm'|'tcg') to ('kvm'|'tcg', why)."""
+    if setting == "tcg":
+        return "tcg", "configured (sandbox.accelerator: tcg)"
+    if setting == "kvm":
+        return "kvm", "configured (sandbox.accelerator: kvm)"
+    cache = Path(state_dir) / "accel.json"
+    key = _cache_key()
+    try:
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return data["accel"], data["why"] + " (cached)"
+    except (OSError, ValueError, KeyError):
+        pass
+    ok, why = probe("kvm", timeout)
+    verdict = ("kvm", why) if ok else ("tcg", f"KVM unusable: {why}; using TCG")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "accel": verdict[0], "why": verdict[1], "at": time.time()}))
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return verdict

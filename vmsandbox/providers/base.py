@@ -1,0 +1,104 @@
+"""The Provider interface: what the core asks of a VM layer (define, boot, stop, destroy,
+pause, throttle, inspect). Disks are the core's (see ``vmsandbox.disks``); a provider only
+attaches the overlay it is given. Implementations: ``libvirt`` and the test double in
+``vmsandbox.testing``."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything needed to define one guest."""
+    name: str                      # domain name (carries the configured prefix)
+    uuid: str
+    vcpus: int
+    cpu_quota: Optional[float]     # fraction of one CPU for fractional limits ("0.5"), else None
+    memory_bytes: int
+    disk_path: Path                # the sandbox's active qcow2 overlay
+    ssh_port: int                  # forwarded from 127.0.0.1:ssh_port to guest port 22
+    mac: str
+    network_mode: str              # "none" (restricted user-mode net) | "nat" (user-mode, unrestricted)
+    console_log: Path
+    kernel: Optional[Path] = None  # direct kernel boot when set; else the disk's own boot loader
+    initrd: Optional[Path] = None
+    cmdline: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ProviderCheck:
+    """One line of ``vmsandbox doctor``."""
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class DomainStats:
+    """Host-side sample of one guest (issue: watchdog)."""
+    state: str
+    cpu_time_ns: int
+    vcpus: int
+    memory_total: Optional[int] = None     # bytes the guest sees
+    memory_used: Optional[int] = None      # total - available (balloon stats)
+    disk_allocation: Optional[int] = None  # bytes of the active overlay on the host
+    disk_capacity: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+
+class Provider(abc.ABC):
+    """Guest lifecycle. Every method raises ``ProviderError`` (or a subclass) on failure."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def start_machine(self, spec: MachineSpec) -> None:
+        """Define (or redefine) and boot the guest described by ``spec``."""
+
+    @abc.abstractmethod
+    def destroy_machine(self, name: str) -> None:
+        """Stop hard and undefine; a missing domain is not an error."""
+
+    @abc.abstractmethod
+    def shutdown_machine(self, name: str, timeout: float) -> None:
+        """Ask the guest to power off (ACPI); stop hard after ``timeout``. Keeps the definition."""
+
+    @abc.abstractmethod
+    def boot_machine(self, name: str) -> None:
+        """Boot an already defined, stopped guest."""
+
+    @abc.abstractmethod
+    def pause_machine(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def resume_machine(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def set_cpu_quota(self, name: str, fraction: Optional[float]) -> None:
+        """Cap the guest at ``fraction`` of one CPU per vCPU-period; None lifts the cap."""
+
+    @abc.abstractmethod
+    def machine_state(self, name: str) -> Optional[str]:
+        """'running' | 'paused' | 'shutoff' | 'crashed' | other; None when no such domain."""
+
+    @abc.abstractmethod
+    def list_machines(self, prefix: str) -> list[str]:
+        """Names of all domains starting with ``prefix`` (only ours)."""
+
+    @abc.abstractmethod
+    def machine_stats(self, name: str) -> DomainStats: ...
+
+    @abc.abstractmethod
+    def checks(self) -> list[ProviderCheck]:
+        """Health of the VM layer for ``vmsandbox doctor``."""
+
+    def accelerator(self) -> tuple[str, str]:
+        """('kvm'|'tcg', why)."""
+        return ("tcg", "not applicable")
+
+    def close(self) -> None:
+        """Release connections."""
