@@ -58,7 +58,7 @@ class SandboxCore:
     """
 
     def __init__(self, config_path: str | os.PathLike | None = None, config: Mapping | Config | None = None,
-                 provider: Provider | None = None) -> None:
+                 provider: Provider | None = None, start_watchdog: bool = True) -> None:
         self.config = load_config(config_path, config)
         sb = self.config.sandbox
         self.state_dir = ensure_state_dir(sb.state_path)
@@ -71,6 +71,11 @@ class SandboxCore:
         self._sessions_lock = threading.Lock()
         self._boxes = None
         self._validator = None
+        self.watchdog = None
+        if self.config.monitoring.enabled and start_watchdog:
+            from .watchdog import Watchdog
+            self.watchdog = Watchdog(self)
+            self.watchdog.start()
 
     # -- collaborators, loaded on first use ----------------------------------------------
     @property
@@ -426,6 +431,41 @@ class SandboxCore:
     def resume(self, sandbox_id: str) -> SandboxInfo:
         return self._power(sandbox_id, "resume", SandboxState.RUNNING, lambda i: self.provider.resume_machine(i.domain))
 
+    def throttle(self, sandbox_id: str, fraction: float = 0.25, reason: str = "") -> SandboxInfo:
+        """Cap each vCPU at ``fraction`` of a CPU (a libvirt CPU quota); ``unthrottle`` lifts it."""
+        info = self.get(sandbox_id)
+        self._require(info, "throttle")
+        self.provider.set_cpu_quota(info.domain, fraction)
+        info = self.store.update_sandbox(info.id, extra={"throttled": fraction})
+        self.store.audit("throttle", "ok", info, fraction=fraction, reason=reason)
+        return info
+
+    def unthrottle(self, sandbox_id: str) -> SandboxInfo:
+        info = self.get(sandbox_id)
+        self._require(info, "throttle")
+        cpu = parse_cpu(info.cpu)
+        self.provider.set_cpu_quota(info.domain, cpu if cpu < 1 else None)
+        info = self.store.update_sandbox(info.id, extra={"throttled": None})
+        self.store.audit("unthrottle", "ok", info)
+        return info
+
+    def emergency_shutdown(self, sandbox_id: str, reason: str = "emergency shutdown requested") -> SandboxInfo:
+        """Pull the plug now; keep the disk, console and audit logs for forensics."""
+        def act(info: SandboxInfo) -> None:
+            self._drop_session(info.id)
+            if self.provider.machine_state(info.domain) is not None:
+                self.provider.kill_machine(info.domain)
+        return self._power(sandbox_id, "emergency_shutdown", SandboxState.STOPPED, act,
+                           reason if reason.startswith("limit:") else f"limit: {reason}")
+
+    def get_health_status(self, sandbox_id: str):
+        """Current ``Health`` of a sandbox: status, metrics, alerts, recommendations."""
+        info = self.get(sandbox_id)
+        if self.watchdog is None:
+            from .watchdog import Watchdog
+            self.watchdog = Watchdog(self)          # sampled on demand, no thread
+        return self.watchdog.health(info.id)
+
     # -- destroy and garbage collection ----------------------------------------------------
     def destroy(self, sandbox_id: str) -> bool:
         """Stop the guest and remove its domain, disks, logs and record. Idempotent per sandbox."""
@@ -505,6 +545,8 @@ class SandboxCore:
 
     # -- teardown --------------------------------------------------------------------------
     def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         with self._sessions_lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for s in sessions:
@@ -528,7 +570,8 @@ class AsyncSandboxCore:
     """``SandboxCore`` with every public operation as a coroutine (run in a worker thread)."""
 
     METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
-               "resume", "put_file", "get_file", "gc", "doctor", "audit_log")
+               "resume", "put_file", "get_file", "gc", "doctor", "audit_log", "throttle", "unthrottle",
+               "emergency_shutdown", "get_health_status")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.sync = SandboxCore(*args, **kwargs)

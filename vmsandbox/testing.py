@@ -41,6 +41,10 @@ class FakeProvider(Provider):
         self._call("shutdown_machine", name)
         self._dom(name)["state"] = "shutoff"
 
+    def kill_machine(self, name: str) -> None:
+        self._call("kill_machine", name)
+        self._dom(name)["state"] = "shutoff"
+
     def boot_machine(self, name: str) -> None:
         self._call("boot_machine", name)
         self._dom(name)["state"] = "running"
@@ -148,7 +152,7 @@ def fake_core(state_dir, config: dict | None = None, sessions: dict | None = Non
     cfg = {"sandbox": {"state_directory": str(state_dir), "provider": "fake"}}
     for section, values in (config or {}).items():
         cfg.setdefault(section, {}).update(values)
-    core = SandboxCore(config=cfg)
+    core = SandboxCore(config=cfg, start_watchdog=False)
     core._boxes = FakeBoxStore(state_dir / "fakeboxes")
     made: dict = {} if sessions is None else sessions
 

@@ -42,7 +42,7 @@ class AppContext:
     def core(self):
         if self._core is None:
             from ..core import SandboxCore
-            self._core = SandboxCore(config_path=self.config_path, config=self.overrides())
+            self._core = SandboxCore(config_path=self.config_path, config=self.overrides(), start_watchdog=False)
         return self._core
 
     @property

@@ -68,6 +68,10 @@ class Provider(abc.ABC):
         """Ask the guest to power off (ACPI); stop hard after ``timeout``. Keeps the definition."""
 
     @abc.abstractmethod
+    def kill_machine(self, name: str) -> None:
+        """Stop hard at once (pull the plug); keeps the definition and disks."""
+
+    @abc.abstractmethod
     def boot_machine(self, name: str) -> None:
         """Boot an already defined, stopped guest."""
 

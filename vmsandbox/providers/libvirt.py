@@ -157,6 +157,15 @@ class LibvirtProvider(Provider):
                 return
             raise _map(exc, f"shutting down {name}", self.uri) from exc
 
+    def kill_machine(self, name: str) -> None:
+        dom = self._domain(name)
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                raise _map(exc, f"stopping {name}", self.uri) from exc
+
     def pause_machine(self, name: str) -> None:
         try:
             self._domain(name).suspend()
