@@ -1,0 +1,554 @@
+"""SSH to guests: one pinned, self-healing paramiko connection per guest, command execution
+with timeouts and output caps, file copy over exec channels, and OpenSSH client config.
+
+Owns every use of paramiko in vmsandbox; paramiko and socket errors are mapped here to
+``ProviderError`` (``GuestUnreachableError`` when a guest never answers) and ``SecurityError``
+(host-key mismatch). Guests run busybox + dropbear without sftp-server, so copies use ``cat``.
+
+How a command runs: the requested script is started as its own session (``setsid``) and first
+prints that session's process-group id on stdout (stripped before anyone sees it), so a timeout
+can kill the command and all its children from a second channel without killing the connection.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import posixpath
+import re
+import select
+import shlex
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import paramiko
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from vmsandbox.exceptions import (
+    ConfigError, GuestUnreachableError, NotFoundError, ProviderError, SecurityError,
+)
+from vmsandbox.models import ExecutionResult
+
+log = logging.getLogger("vmsandbox.ssh")
+
+_CHUNK = 256 << 10                  # read/write granularity for channels and files
+_BANNER_TIMEOUT = 1.0               # per attempt while waiting for a guest
+_RETRY_WAIT = 0.2                   # pause between readiness attempts
+_KILL_TIMEOUT = 5.0                 # how long the kill channel may take
+_PGID_GRACE = 2.0                   # after a timeout, how long to wait for the pgid line
+_CONSOLE_TAIL_LINES = 15
+_MISSING = 44                       # exit code our copy scripts use for "no such file/dir"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# Runs SCRIPT (passed as $1) in a new session that first prints its pid (= its process-group id)
+# after a marker. setsid runs as a child of the outer shell, never exec'd: a process-group leader
+# (OpenSSH makes the login shell one) would make setsid fork and return at once. `eval "shift; $1"`
+# keeps a syntax error in SCRIPT after the marker and clears $1 before SCRIPT runs.
+_PGID_MARK = b"\x1evmsandbox-pgid:"
+_SESSION = """'printf "\\036vmsandbox-pgid:%s\\n" $$; eval "shift; $1"' sh"""
+_WRAPPER = (f"if command -v setsid >/dev/null; then setsid sh -c {_SESSION} {{script}}; "
+            f"else sh -c {_SESSION} {{script}}; fi; exit $?")
+
+
+class _TransportFault(ProviderError):
+    """The guest's SSH server is not answering (yet): worth retrying while a guest boots."""
+
+
+class SSHSession:
+    """One SSH connection to one guest, reopened when dead; thread-safe (several channels at once).
+
+    ``host_key`` ("ssh-ed25519 AAAA...") is pinned: a server presenting another key raises
+    ``SecurityError``. With ``host_key=None`` the first key seen is trusted, handed to
+    ``on_new_host_key`` so the caller can record it, and pinned from then on.
+    """
+
+    def __init__(self, host: str, port: int, username: str, key_path: Path, host_key: str | None,
+                 connect_timeout: float = 10.0,
+                 on_new_host_key: Callable[[str], None] | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.username = username
+        self.key_path = Path(key_path)
+        self.host_key = _normalize_keyline(host_key) if host_key else None
+        self.connect_timeout = connect_timeout
+        self.on_new_host_key = on_new_host_key
+        self._pkey = _load_private_key(self.key_path)
+        self._lock = threading.Lock()
+        self._transport: paramiko.Transport | None = None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # ----------------------------------------------------------------- connection
+
+    def wait_ready(self, timeout: float, console_log: Path | None = None,
+                   progress: Callable[[float], None] | None = None) -> float:
+        """Wait until the guest answers with an SSH banner and accepts our key.
+
+        Returns the seconds waited. Raises ``GuestUnreachableError`` (with the tail of
+        ``console_log``) when it does not within ``timeout``, ``SecurityError`` on a host-key
+        mismatch and ``ProviderError`` when the key is refused (neither is retried).
+        """
+        started = time.monotonic()
+        deadline = started + timeout
+
+        def attempt() -> None:
+            if progress is not None:
+                progress(time.monotonic() - started)
+            remaining = max(deadline - time.monotonic(), 0.05)
+            with self._lock:
+                if self._transport is not None and self._transport.is_active():
+                    return
+                self._close_transport()
+                self._transport = self._connect(banner_timeout=min(_BANNER_TIMEOUT, remaining),
+                                                timeout=min(self.connect_timeout, remaining))
+
+        try:
+            Retrying(retry=retry_if_exception_type(_TransportFault), stop=stop_after_delay(timeout),
+                     wait=wait_fixed(_RETRY_WAIT), reraise=True)(attempt)
+        except _TransportFault as exc:
+            elapsed = time.monotonic() - started
+            raise GuestUnreachableError(
+                f"guest at {self._where} did not answer SSH within {elapsed:.1f}s (last error: {exc})"
+                + _console_tail(console_log),
+                console_log=str(console_log) if console_log else None) from exc
+        waited = time.monotonic() - started
+        log.debug("ssh %s ready after %.2fs", self._where, waited)
+        return waited
+
+    def is_alive(self) -> bool:
+        transport = self._transport
+        return transport is not None and transport.is_active() and transport.is_authenticated()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_transport()
+
+    def __enter__(self) -> SSHSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def _connect(self, banner_timeout: float, timeout: float) -> paramiko.Transport:
+        """Open, verify and authenticate a new transport (caller holds the lock)."""
+        started = time.monotonic()
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except OSError as exc:
+            raise _TransportFault(f"cannot connect to {self._where}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)   # small requests: no Nagle delay
+        transport = paramiko.Transport(sock)
+        try:
+            transport.banner_timeout = banner_timeout
+            transport.auth_timeout = timeout
+            if self.host_key:
+                transport.get_security_options().key_types = _host_key_algorithms(self.host_key)
+            try:
+                transport.start_client(timeout=timeout)
+            except paramiko.SSHException as exc:
+                if "host key" in str(exc):      # the server does not even offer the pinned key type
+                    raise SecurityError(f"SSH server at {self._where} does not offer the pinned "
+                                        f"host key type {self.host_key.split()[0]}: {exc}") from exc
+                raise
+            self._verify_host_key(transport.get_remote_server_key())
+            try:
+                transport.auth_publickey(self.username, self._pkey)
+            except paramiko.AuthenticationException as exc:
+                raise ProviderError(f"SSH server at {self._where} refused key {self.key_path} "
+                                    f"for user {self.username}: {exc}") from exc
+        except (SecurityError, ProviderError):
+            transport.close()
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            transport.close()
+            raise _TransportFault(f"SSH handshake with {self._where} failed: "
+                                  f"{str(exc) or type(exc).__name__}") from exc
+        except BaseException:
+            transport.close()
+            raise
+        log.debug("ssh %s@%s connected in %.3fs", self.username, self._where, time.monotonic() - started)
+        return transport
+
+    def _verify_host_key(self, key: paramiko.PKey) -> None:
+        seen = f"{key.get_name()} {key.get_base64()}"
+        if self.host_key is None:
+            log.debug("ssh %s: trusting new host key %s", self._where, seen)
+            if self.on_new_host_key is not None:
+                self.on_new_host_key(seen)
+            self.host_key = seen
+        elif _key_blob(self.host_key) != key.asbytes():
+            raise SecurityError(f"host key of {self._where} does not match the pinned key "
+                                f"(expected {self.host_key[:60]}..., got {seen[:60]}...); refusing to connect")
+
+    def _open_channel(self, command: str) -> paramiko.Channel:
+        """Start ``command`` on a new channel, reopening a dead connection once first."""
+        failed: paramiko.Transport | None = None
+        for attempt in (1, 2):
+            with self._lock:
+                current = self._transport
+                if current is None or current is failed or not current.is_active():
+                    self._close_transport()
+                    self._transport = self._connect(banner_timeout=self.connect_timeout,
+                                                    timeout=self.connect_timeout)
+                transport = self._transport
+            try:
+                channel = transport.open_session(timeout=self.connect_timeout)
+                channel.exec_command(command)
+                return channel
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if attempt == 2:
+                    raise ProviderError(f"cannot start a command on {self._where}: {exc}") from exc
+                log.debug("ssh %s: connection dead (%s), reopening", self._where, exc)
+                failed = transport
+        raise AssertionError("unreachable")
+
+    # ----------------------------------------------------------------- commands
+
+    def execute(self, command: str, timeout: float | None = None, working_dir: str | None = None,
+                env: Mapping[str, str] | None = None, stdin: bytes | str | None = None,
+                max_output: int = 16 << 20, on_stdout: Callable[[bytes], None] | None = None,
+                on_stderr: Callable[[bytes], None] | None = None) -> ExecutionResult:
+        """Run ``command`` with the guest's shell and return what it did.
+
+        A non-zero exit is a normal result. Past ``timeout`` seconds the command and its
+        children are killed and the result has ``timed_out=True, exit_code=None``. Each stream
+        keeps at most ``max_output`` bytes (``truncated=True`` when more came); ``on_stdout`` /
+        ``on_stderr`` get every raw chunk as it arrives. Raises ``ProviderError`` when the
+        connection fails, ``ConfigError`` for an invalid environment variable name.
+        """
+        script = _shell_script(command, working_dir, env)
+        stdout, stderr = _CappedBuffer(max_output, on_stdout), _CappedBuffer(max_output, on_stderr)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        started = time.monotonic()
+        exit_code = self._run(script, [data] if data else None, stdout.write, stderr.write, timeout)
+        duration = time.monotonic() - started
+        log.debug("ssh %s exec %r -> %s in %.3fs", self._where, command[:200],
+                  "timeout" if exit_code is None else exit_code, duration)
+        return ExecutionResult(stdout=stdout.text(), stderr=stderr.text(), exit_code=exit_code,
+                               duration=duration, timed_out=exit_code is None,
+                               truncated=stdout.truncated or stderr.truncated)
+
+    def _run(self, script: str, stdin_chunks: Iterable[bytes] | None, on_stdout: Callable[[bytes], None],
+             on_stderr: Callable[[bytes], None], timeout: float | None) -> int | None:
+        """Run ``script`` in its own session, feeding ``stdin_chunks`` then EOF while draining both
+        streams. Returns the exit code, or None when ``timeout`` expired and the session was killed."""
+        channel = self._open_channel(_WRAPPER.format(script=shlex.quote(script)))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pgid = _PgidLine(on_stdout)
+        feeder = _Feeder(channel, stdin_chunks)
+        finished = False
+        try:
+            timed_out = False
+            while True:
+                if channel.recv_ready():
+                    pgid.feed(channel.recv(_CHUNK))
+                if channel.recv_stderr_ready():
+                    on_stderr(channel.recv_stderr(_CHUNK))
+                if channel.recv_ready() or channel.recv_stderr_ready():
+                    continue
+                if channel.eof_received or channel.closed:
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    if pgid.value is not None or now >= deadline + _PGID_GRACE:
+                        timed_out = True
+                        break
+                wait = 0.5 if deadline is None else min(0.5, max(deadline - now, 0.01))
+                select.select([channel], [], [], wait)
+            if timed_out:
+                pgid.flush()
+                self._kill_group(channel.get_transport(), pgid.value)
+                finished = True
+                return None
+            while channel.recv_ready():               # whatever arrived just before EOF
+                pgid.feed(channel.recv(_CHUNK))
+            while channel.recv_stderr_ready():
+                on_stderr(channel.recv_stderr(_CHUNK))
+            pgid.flush()
+            if not channel.status_event.wait(self.connect_timeout):
+                raise ProviderError(f"command on {self._where} ended without an exit status")
+            status = channel.recv_exit_status()
+            if status == -1:
+                raise ProviderError(f"connection to {self._where} lost while a command was running")
+            finished = True
+            feeder.raise_error()
+            return status
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ProviderError(f"connection to {self._where} failed during a command: {exc}") from exc
+        finally:
+            if not finished and pgid.value is not None:   # interrupted (Ctrl-C, a callback raised)
+                self._kill_quietly(channel.get_transport(), pgid.value)
+            channel.close()
+            feeder.join()
+
+    def _kill_quietly(self, transport: paramiko.Transport, pgid: int) -> None:
+        try:
+            self._kill_group(transport, pgid)
+        except ProviderError as exc:
+            log.debug("ssh %s: could not kill process group %d: %s", self._where, pgid, exc)
+
+    def _kill_group(self, transport: paramiko.Transport, pgid: int | None) -> None:
+        """Kill a command's process group from a second channel on the same connection (a new
+        connection could reach a rebooted guest, where that number means another process)."""
+        if pgid is None:
+            log.warning("ssh %s: timed-out command never reported its process group", self._where)
+            return
+        try:
+            channel = transport.open_session(timeout=self.connect_timeout)
+            try:
+                channel.exec_command(f"kill -9 -{pgid} 2>/dev/null || kill -9 {pgid}")
+                channel.shutdown_write()
+                if not channel.status_event.wait(_KILL_TIMEOUT) or channel.recv_exit_status() != 0:
+                    log.warning("ssh %s: could not kill process group %d", self._where, pgid)
+            finally:
+                channel.close()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ProviderError(f"cannot kill process group {pgid} on {self._where}: {exc}") from exc
+        log.debug("ssh %s: killed process group %d", self._where, pgid)
+
+    # ----------------------------------------------------------------- file copy
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
+        """Copy the local file ``local`` to ``remote`` in the guest (optionally ``chmod mode``).
+
+        Raises ``NotFoundError`` when the local file or the remote directory is missing,
+        ``ProviderError`` when the guest cannot write the file.
+        """
+        local = Path(local)
+        if not local.is_file():
+            raise NotFoundError(f"no such local file: {local}")
+        target = shlex.quote(remote)
+        parent = shlex.quote(posixpath.dirname(remote) or ".")
+        script = (f"[ -d {parent} ] || {{ echo \"no such directory: \"{parent} >&2; exit {_MISSING}; }}; "
+                  f"cat > {target}")
+        if mode is not None:
+            script += f" && chmod {mode & 0o7777:o} {target}"
+        stderr = _CappedBuffer(64 << 10)
+        started = time.monotonic()
+        with open(local, "rb") as source:
+            exit_code = self._run(script, iter(lambda: source.read(_CHUNK), b""),
+                                  lambda _chunk: None, stderr.write, None)
+        _raise_copy_error(exit_code, stderr.text(), f"put {local} -> {self._where}:{remote}")
+        log.debug("ssh %s put %s -> %s in %.3fs", self._where, local, remote, time.monotonic() - started)
+
+    def get(self, remote: str, local: Path) -> None:
+        """Copy ``remote`` from the guest to the local path ``local`` (written atomically).
+
+        Raises ``NotFoundError`` when the remote file or the local directory is missing,
+        ``ProviderError`` when the remote path is not a readable file.
+        """
+        local = Path(local)
+        if not local.parent.is_dir():
+            raise NotFoundError(f"no such local directory: {local.parent}")
+        source = shlex.quote(remote)
+        script = (f"[ -e {source} ] || {{ echo \"no such file: \"{source} >&2; exit {_MISSING}; }}; "
+                  f"[ -d {source} ] && {{ echo \"is a directory: \"{source} >&2; exit 1; }}; "
+                  f"exec cat {source}")
+        stderr = _CappedBuffer(64 << 10)
+        started = time.monotonic()
+        fd, tmp_name = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as sink:
+                exit_code = self._run(script, None, sink.write, stderr.write, None)
+            _raise_copy_error(exit_code, stderr.text(), f"get {self._where}:{remote} -> {local}")
+            os.replace(tmp_name, local)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        log.debug("ssh %s get %s -> %s in %.3fs", self._where, remote, local, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------- helpers
+
+class _CappedBuffer:
+    """Keeps the first ``limit`` bytes of a stream, passes every chunk to ``on_chunk``."""
+
+    def __init__(self, limit: int, on_chunk: Callable[[bytes], None] | None = None) -> None:
+        self.limit = limit
+        self.on_chunk = on_chunk
+        self.data = bytearray()
+        self.truncated = False
+
+    def write(self, chunk: bytes) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+        room = self.limit - len(self.data)
+        if len(chunk) > room:
+            self.truncated = True
+        if room > 0:
+            self.data += chunk[:room]
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
+class _PgidLine:
+    """Takes the wrapper's marker line (the process-group id) out of stdout. Output before it
+    (a chatty login shell) is passed on; without it after 64 KiB, everything is passed on."""
+
+    def __init__(self, on_stdout: Callable[[bytes], None]) -> None:
+        self.on_stdout = on_stdout
+        self.value: int | None = None
+        self._head: bytes | None = b""       # None once the marker was found or given up on
+
+    def feed(self, chunk: bytes) -> None:
+        if self._head is None:
+            self.on_stdout(chunk)
+            return
+        self._head += chunk
+        start = self._head.find(_PGID_MARK)
+        end = self._head.find(b"\n", start) if start >= 0 else -1
+        if end >= 0:
+            self.value = int(self._head[start + len(_PGID_MARK):end])
+            self._head = self._head[:start] + self._head[end + 1:]
+            self.flush()
+        elif len(self._head) > 64 << 10:
+            self.flush()
+
+    def flush(self) -> None:
+        head, self._head = self._head, None
+        if head:
+            self.on_stdout(head)
+
+
+class _Feeder:
+    """Sends stdin chunks on a thread (so a command that writes before reading cannot deadlock
+    us), then EOF. A channel closed early by the command is not an error; a local read error is."""
+
+    def __init__(self, channel: paramiko.Channel, chunks: Iterable[bytes] | None) -> None:
+        self._error: BaseException | None = None
+        if chunks is None:                                # nothing to send: EOF now, no thread
+            channel.shutdown_write()
+            self._thread = None
+            return
+        self._thread = threading.Thread(target=self._send, args=(channel, chunks),
+                                        name="vmsandbox-ssh-stdin", daemon=True)
+        self._thread.start()
+
+    def _send(self, channel: paramiko.Channel, chunks: Iterable[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                channel.sendall(chunk)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass                                  # the command closed its stdin or exited
+        except BaseException as exc:              # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def raise_error(self) -> None:
+        self.join()
+        if self._error is not None:
+            raise ProviderError(f"reading the data to send failed: {self._error}") from self._error
+
+
+def _shell_script(command: str, working_dir: str | None, env: Mapping[str, str] | None) -> str:
+    """Prefix ``command`` with quoted environment assignments and a ``cd`` that stops it on failure."""
+    prefix = ""
+    if env:
+        for name in env:
+            if not _ENV_NAME.match(name):
+                raise ConfigError(f"invalid environment variable name {name!r}", "env")
+        prefix += "export " + " ".join(f"{name}={shlex.quote(str(value))}" for name, value in env.items()) + "\n"
+    if working_dir:
+        prefix += f"cd -- {shlex.quote(working_dir)} || exit\n"
+    return prefix + command
+
+
+def _raise_copy_error(exit_code: int | None, stderr: str, what: str) -> None:
+    if exit_code == 0:
+        return
+    message = f"{what}: {stderr.strip() or f'exit code {exit_code}'}"
+    if exit_code == _MISSING:
+        raise NotFoundError(message)
+    raise ProviderError(message)
+
+
+def _load_private_key(path: Path) -> paramiko.PKey:
+    try:
+        return paramiko.PKey.from_path(path)
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"SSH key not found: {path}") from exc
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        raise ProviderError(f"cannot load SSH key {path}: {exc}") from exc
+
+
+def _normalize_keyline(keyline: str) -> str:
+    """'type base64 [comment]' -> 'type base64'; rejects anything else."""
+    fields = keyline.split()
+    if len(fields) < 2:
+        raise SecurityError(f"malformed host key {keyline!r}: expected 'TYPE BASE64'")
+    _key_blob(" ".join(fields[:2]))
+    return " ".join(fields[:2])
+
+
+def _key_blob(keyline: str) -> bytes:
+    try:
+        return base64.b64decode(keyline.split()[1], validate=True)
+    except (ValueError, IndexError) as exc:
+        raise SecurityError(f"malformed host key {keyline!r}") from exc
+
+
+def _host_key_algorithms(keyline: str) -> tuple[str, ...]:
+    """Host-key algorithms to offer so the server presents the pinned key and no other."""
+    key_type = keyline.split()[0]
+    if key_type == "ssh-rsa":
+        return ("rsa-sha2-512", "rsa-sha2-256")
+    return (key_type,)
+
+
+def _console_tail(console_log: Path | None) -> str:
+    if console_log is None:
+        return ""
+    try:
+        with open(console_log, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 64 * 1024, 0))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()[-_CONSOLE_TAIL_LINES:]
+    except OSError as exc:
+        return f"; console log {console_log} unreadable: {exc.strerror}"
+    tail = "\n".join(lines) if lines else "(empty)"
+    return f"; console log: {console_log}, last lines:\n{tail}"
+
+
+def known_hosts_line(port: int, host_key: str) -> str:
+    """The known_hosts line for a guest forwarded on 127.0.0.1:``port``."""
+    host = "127.0.0.1" if port == 22 else f"[127.0.0.1]:{port}"
+    return f"{host} {_normalize_keyline(host_key)}"
+
+
+def openssh_config(alias: str, port: int, user: str, key_path: Path, known_hosts: Path) -> str:
+    """An OpenSSH client config block that reaches the guest with its pinned host key."""
+    def arg(value: object) -> str:
+        text = str(value)
+        return f'"{text}"' if any(c.isspace() for c in text) else text
+
+    return "\n".join([
+        f"Host {alias}",
+        "    HostName 127.0.0.1",
+        f"    Port {port}",
+        f"    User {arg(user)}",
+        f"    IdentityFile {arg(key_path)}",
+        "    IdentitiesOnly yes",
+        "    PasswordAuthentication no",
+        f"    UserKnownHostsFile {arg(known_hosts)}",
+        "    StrictHostKeyChecking yes",
+        "",
+    ])
+
+
+__all__ = ["SSHSession", "openssh_config", "known_hosts_line"]
