@@ -65,17 +65,32 @@ class SandboxCore:
         (self.state_dir / "sandboxes").mkdir(exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         (self.state_dir / "locks").mkdir(mode=0o700, exist_ok=True)
+        for sub in ("layers", "memory"):            # read by QEMU (libvirt-qemu): traversable
+            (self.state_dir / sub).mkdir(exist_ok=True)
+            os.chmod(self.state_dir / sub, 0o711)
         self.store = Store(default_db_path(self.state_dir))
         self.provider = provider or load_provider(sb.provider, self.config)
         self._sessions: dict[str, Any] = {}
         self._sessions_lock = threading.Lock()
         self._boxes = None
         self._validator = None
+        from .snapshots import SnapshotManager
+        self.snapshots = SnapshotManager(self)
+        self._recover()
         self.watchdog = None
         if self.config.monitoring.enabled and start_watchdog:
             from .watchdog import Watchdog
             self.watchdog = Watchdog(self)
             self.watchdog.start()
+
+    def _recover(self) -> None:
+        """Finish or undo operations a crashed process left half-done (journaled in the store)."""
+        if not self.store.journal_entries():
+            return
+        with open(self.state_dir / "locks" / "recover.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            for line in self.snapshots.recover():
+                log.warning("recovered: %s", line)
 
     # -- collaborators, loaded on first use ----------------------------------------------
     @property
@@ -120,20 +135,39 @@ class SandboxCore:
     def _set_state(self, info: SandboxInfo, state: SandboxState, reason: str = "") -> SandboxInfo:
         return self.store.update_sandbox(info.id, state=state, reason=reason)
 
-    def _spec(self, info: SandboxInfo, disk_path: Path) -> MachineSpec:
+    def _spec(self, info: SandboxInfo, disk_path: Path | None = None, **override: Any) -> MachineSpec:
+        """The machine of ``info``; ``override`` replaces fields (a rollback's new name, uuid, port...)."""
         box = self.boxes.get(info.box)
         cpu = parse_cpu(info.cpu)
-        return MachineSpec(
+        fields = dict(
             name=info.domain, uuid=info.extra["uuid"], vcpus=max(1, math.ceil(cpu)),
-            cpu_quota=cpu if cpu < 1 else None, memory_bytes=parse_size(info.memory), disk_path=disk_path,
-            ssh_port=info.ssh_port, mac=info.extra["mac"], network_mode=info.network_mode,
-            console_log=self.console_log(info), kernel=box.kernel, initrd=box.initrd, cmdline=box.cmdline)
+            cpu_quota=cpu if cpu < 1 else None, memory_bytes=parse_size(info.memory),
+            disk_path=disk_path or self.active_disk(info), ssh_port=info.ssh_port, mac=info.extra["mac"],
+            network_mode=info.network_mode, console_log=self.console_log(info), kernel=box.kernel,
+            initrd=box.initrd, cmdline=box.cmdline)
+        fields.update(override)
+        return MachineSpec(**fields)
 
-    def console_log(self, info: SandboxInfo) -> Path:
-        return self.sandbox_dir(info) / "console.log"
+    def console_log(self, info: SandboxInfo, generation: int | None = None) -> Path:
+        """Serial console log of the sandbox's current guest (each rollback starts a new generation)."""
+        gen = info.extra.get("generation", 0) if generation is None else generation
+        return self.sandbox_dir(info) / f"console-{gen}.log"
 
     def active_disk(self, info: SandboxInfo) -> Path:
-        return self.sandbox_dir(info) / info.extra.get("active_disk", "disk-0.qcow2")
+        return Path(self.store.get_layer(info.extra["active_layer"])["path"])
+
+    def new_layer_path(self) -> tuple[str, Path]:
+        lid = "L" + uuid.uuid4().hex[:15]
+        return lid, self.state_dir / "layers" / f"{lid}.qcow2"
+
+    def domain_name(self, name: str, sandbox_id: str, generation: int = 0) -> str:
+        base = f"{self.config.sandbox.domain_prefix}{name}-{sandbox_id[-6:]}"
+        return base if generation == 0 else f"{base}-g{generation}"
+
+    def fault_point(self, point: str) -> None:
+        """Crash-test hook: SIGKILL this process at ``point`` when $VMSANDBOX_CRASH_AT names it."""
+        if os.environ.get("VMSANDBOX_CRASH_AT") == point:
+            os.kill(os.getpid(), 9)
 
     # -- SSH -------------------------------------------------------------------------------
     def session(self, info: SandboxInfo):
@@ -226,24 +260,11 @@ class SandboxCore:
             raise ConfigError(f"{req.limits.disk!r} is smaller than box {box.name!r} ({box.virtual_size >> 20} MiB)",
                               "resource_limits.disk")
         started = time.monotonic()
-        sid = "sb-" + uuid.uuid4().hex[:12]
+        info = self._reserve(name, box.name, req.limits.cpu, req.limits.memory, req.limits.disk, req)
         try:
-            info = self.store.reserve_sandbox(
-                id=sid, name=name, box=box.name, domain=f"{self.config.sandbox.domain_prefix}{name}-{sid[-6:]}",
-                cpu=req.limits.cpu, memory=req.limits.memory, disk=req.limits.disk,
-                network_mode=req.network_mode, persistent=req.persistent,
-                port_range=tuple(self.config.sandbox.port_range),
-                extra={"uuid": str(uuid.uuid4()), "mac": _mac_for(sid), "active_disk": "disk-0.qcow2"})
-        except SandboxError as exc:
-            self.store.audit("create", "rejected", sandbox_id=sid, sandbox_name=name, error=str(exc))
-            raise ConfigError(str(exc), "name") from None
-        try:
-            with self._locked(sid):
+            with self._locked(info.id):
                 if progress:
                     progress("creating disk")
-                d = self.sandbox_dir(info)
-                d.mkdir(mode=0o755)
-                os.chmod(d, 0o755)
                 disks.create_overlay(self.active_disk(info), box.image, req.limits.disk_bytes)
                 if progress:
                     progress("booting guest")
@@ -256,7 +277,28 @@ class SandboxCore:
         took = time.monotonic() - started
         self.store.audit("create", "ok", info, box=box.name, port=info.ssh_port, seconds=round(took, 3),
                          accelerator=self.provider.accelerator()[0])
-        return sid
+        return info.id
+
+    def _reserve(self, name: str, box: str, cpu: str, memory: str, disk: str, req: SandboxRequest,
+                 parent_layer: str | None = None, **extra: Any) -> SandboxInfo:
+        """Record a CREATING sandbox with a port, its directory and the record of its first layer."""
+        sid = "sb-" + uuid.uuid4().hex[:12]
+        layer_id, layer_path = self.new_layer_path()
+        try:
+            info = self.store.reserve_sandbox(
+                id=sid, name=name, box=box, domain=self.domain_name(name, sid), cpu=cpu, memory=memory, disk=disk,
+                network_mode=req.network_mode, persistent=req.persistent,
+                port_range=tuple(self.config.sandbox.port_range),
+                extra={"uuid": str(uuid.uuid4()), "mac": _mac_for(sid), "active_layer": layer_id, "generation": 0,
+                       **extra})
+        except SandboxError as exc:
+            self.store.audit("create", "rejected", sandbox_id=sid, sandbox_name=name, error=str(exc))
+            raise ConfigError(str(exc), "name") from None
+        self.store.add_layer(layer_id, str(layer_path), parent_layer, box, sid)
+        d = self.sandbox_dir(info)
+        d.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+        return info
 
     def _discard_failed_create(self, info: SandboxInfo, exc: BaseException) -> None:
         """Remove every trace of a half-made sandbox; keep only its console log for diagnosis."""
@@ -270,7 +312,7 @@ class SandboxCore:
             self.provider.destroy_machine(info.domain)
         except SandboxError as cleanup_exc:
             log.error("clean-up of %s failed: %s", info.domain, cleanup_exc)
-        shutil.rmtree(self.sandbox_dir(info), ignore_errors=True)
+        self._remove_files(info)
         self.store.delete_sandbox(info.id)
         self.store.audit("create", "failed", info, error=str(exc) or type(exc).__name__,
                          console_log=str(kept) if kept else None)
@@ -280,7 +322,31 @@ class SandboxCore:
                 exc.args = (str(exc.args[0]).replace(str(console), str(kept)),) + exc.args[1:]
 
     def _clone(self, name: str, req: SandboxRequest, progress: Optional[Progress]) -> str:
-        raise ConfigError("clone_from needs snapshots, which are not available yet", "sandbox config.clone_from")
+        return self.snapshots.clone(name, req.clone_from, req, progress)
+
+    # -- snapshots -------------------------------------------------------------------------
+    def create_snapshot(self, sandbox_id: str, name: str, memory: Optional[bool] = None,
+                        metadata: Mapping | None = None) -> str:
+        """Freeze the sandbox's disk (and, by default for a running guest, its memory); returns the
+        snapshot id. The guest keeps running. Raises ConfigError (bad or duplicate name), StateError."""
+        return self.snapshots.create(sandbox_id, name, memory, dict(metadata or {}))
+
+    def rollback(self, sandbox_id: str, snapshot_id: str, preserve_logs: bool = True,
+                 progress: Optional[Progress] = None) -> bool:
+        """Return the sandbox to a snapshot: memory snapshots resume where they were, disk-only ones
+        boot. Raises RollbackError (the sandbox is left usable, or BROKEN and says so), NotFoundError."""
+        return self.snapshots.rollback(sandbox_id, snapshot_id, preserve_logs, progress)
+
+    def list_snapshots(self, sandbox_id: str) -> list:
+        return self.snapshots.list(sandbox_id)
+
+    def delete_snapshot(self, sandbox_id: str, snapshot_id: str) -> None:
+        """Forget a snapshot; its layer is freed when nothing else stands on it."""
+        self.snapshots.delete(sandbox_id, snapshot_id)
+
+    def on_rollback(self, callback: Callable[[Any], None]) -> None:
+        """Register ``callback(RollbackEvent)`` for every rollback, successful or not."""
+        self.snapshots.listeners.append(callback)
 
     # -- queries ---------------------------------------------------------------------------
     def get(self, sandbox: str) -> SandboxInfo:
@@ -372,7 +438,14 @@ class SandboxCore:
         return bool(fn(assessment, info))
 
     def _before_risky_command(self, info: SandboxInfo, assessment) -> None:
-        """Hook run before a command rated MEDIUM or above (automatic snapshot, when enabled)."""
+        """Before a command rated MEDIUM or above: a disk-only automatic snapshot when
+        ``rollback.auto_snapshot`` is on (disk-only keeps it at tens of milliseconds)."""
+        if not self.config.rollback.auto_snapshot:
+            return
+        name = f"auto-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        self.snapshots.create(info.id, name, memory=False,
+                              metadata={"automatic": True, "reason": f"before: {assessment.command[:200]}",
+                                        "level": assessment.risk_level.value})
 
     def put_file(self, sandbox_id: str, local: str | os.PathLike, remote: str) -> None:
         """Copy a local file into the sandbox."""
@@ -489,6 +562,9 @@ class SandboxCore:
         return True
 
     def _remove_files(self, info: SandboxInfo) -> None:
+        """The sandbox's directory, snapshots (records and memory files), active layer and every
+        frozen layer that nothing else stands on any more."""
+        self.snapshots.forget_sandbox(info)
         shutil.rmtree(self.sandbox_dir(info), ignore_errors=True)
 
     def gc(self, dry_run: bool = False) -> list[str]:
@@ -511,6 +587,13 @@ class SandboxCore:
                 done.append(f"domain {dom} (no record)")
                 if not dry_run:
                     self.provider.destroy_machine(dom)
+        for f in self.snapshots.orphan_files():
+            done.append(f"file {f} (no record)")
+            if not dry_run:
+                f.unlink(missing_ok=True)
+        if not dry_run:
+            removed = self.snapshots.cleanup_older_than(self.config.rollback.retention_days)
+            done.extend(f"snapshot {s} (past rollback.retention_days)" for s in removed)
         known_ids = {i.id for i in self.store.list_sandboxes()}
         for d in sorted((self.state_dir / "sandboxes").iterdir()):
             if d.name not in known_ids:
@@ -521,8 +604,8 @@ class SandboxCore:
         return done
 
     def _is_extra_domain(self, domain: str) -> bool:
-        """Domains we own that are not a sandbox's current one (e.g. an old guest being retired)."""
-        return False
+        """Domains we own that are not a sandbox's current one (an old guest being retired)."""
+        return domain in self.snapshots.retiring_domains()
 
     # -- diagnostics -----------------------------------------------------------------------
     def doctor(self) -> list[ProviderCheck]:
@@ -538,6 +621,10 @@ class SandboxCore:
                                     "" if free > 2 << 30 else "free some disk space"))
         writable = os.access(self.state_dir, os.W_OK)
         checks.append(ProviderCheck("state directory", writable, str(self.state_dir)))
+        problems = self.snapshots.verify()
+        checks.append(ProviderCheck("layer tree", not problems,
+                                    "; ".join(problems) or f"{len(self.store.list_layers())} layers consistent",
+                                    "" if not problems else "see docs/snapshots.md (recovery)"))
         return checks
 
     def audit_log(self, sandbox: str | None = None, limit: int = 100) -> list[dict]:
@@ -547,6 +634,7 @@ class SandboxCore:
     def close(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+        self.snapshots.wait_background()
         with self._sessions_lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for s in sessions:
@@ -571,7 +659,8 @@ class AsyncSandboxCore:
 
     METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
                "resume", "put_file", "get_file", "gc", "doctor", "audit_log", "throttle", "unthrottle",
-               "emergency_shutdown", "get_health_status")
+               "emergency_shutdown", "get_health_status", "create_snapshot", "rollback", "list_snapshots",
+               "delete_snapshot")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.sync = SandboxCore(*args, **kwargs)

@@ -49,13 +49,159 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_sandbox ON audit(sandbox_name, seq);
+-- The qcow2 layer tree. parent NULL: the layer stands on its box image. A frozen layer never changes.
+CREATE TABLE IF NOT EXISTS layers (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    parent TEXT REFERENCES layers(id),
+    box TEXT NOT NULL,
+    owner TEXT NOT NULL,              -- sandbox that wrote it
+    frozen INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    layer TEXT NOT NULL REFERENCES layers(id),
+    memory_path TEXT,                 -- libvirt save image (maybe .zst); NULL: disk only
+    cpu TEXT NOT NULL, memory TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    UNIQUE(sandbox_id, name)
+);
+-- Extra SSH ports held by a sandbox while a second guest of it starts (rollback).
+CREATE TABLE IF NOT EXISTS port_holds (
+    port INTEGER PRIMARY KEY,
+    sandbox_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+-- Multi-step operations in flight: what they planned to create, how far they got.
+CREATE TABLE IF NOT EXISTS journal (
+    id TEXT PRIMARY KEY,
+    operation TEXT NOT NULL,
+    sandbox_id TEXT,
+    step TEXT NOT NULL,
+    data TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL
+);
 """
 
 _SANDBOX_COLS = ("id", "name", "state", "box", "domain", "ssh_port", "cpu", "memory", "disk",
                  "network_mode", "persistent", "created_at", "last_used_at", "reason", "extra")
 
 
-class Store:
+class TreeStore:
+    """Mixin: the layer tree, snapshots and the operation journal."""
+
+    # layers
+    def add_layer(self, id: str, path: str, parent: str | None, box: str, owner: str, frozen: bool = False) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO layers (id, path, parent, box, owner, frozen, created_at) VALUES (?,?,?,?,?,?,?)",
+                       (id, path, parent, box, owner, int(frozen), time.time()))
+
+    def get_layer(self, id: str) -> dict:
+        row = self._db().execute("SELECT * FROM layers WHERE id=?", (id,)).fetchone()
+        if row is None:
+            raise StateCorruptionError(f"layer {id} is referenced but has no record")
+        return dict(row)
+
+    def find_layer(self, id: str) -> Optional[dict]:
+        row = self._db().execute("SELECT * FROM layers WHERE id=?", (id,)).fetchone()
+        return dict(row) if row else None
+
+    def list_layers(self) -> list[dict]:
+        return [dict(r) for r in self._db().execute("SELECT * FROM layers ORDER BY created_at")]
+
+    def update_layer_parent(self, id: str, parent: str | None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE layers SET parent=? WHERE id=?", (parent, id))
+
+    def freeze_layer(self, id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE layers SET frozen=1 WHERE id=?", (id,))
+
+    def delete_layer(self, id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM layers WHERE id=?", (id,))
+
+    def collectable_layers(self) -> list[dict]:
+        """Frozen layers nothing stands on: no child layer, no snapshot."""
+        return [dict(r) for r in self._db().execute(
+            "SELECT * FROM layers l WHERE frozen=1 AND NOT EXISTS (SELECT 1 FROM layers c WHERE c.parent=l.id) "
+            "AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.layer=l.id)")]
+
+    def layer_users(self, id: str) -> dict:
+        db = self._db()
+        return {"children": [r[0] for r in db.execute("SELECT id FROM layers WHERE parent=?", (id,))],
+                "snapshots": [r[0] for r in db.execute("SELECT name FROM snapshots WHERE layer=?", (id,))]}
+
+    # snapshots
+    def add_snapshot(self, id: str, sandbox_id: str, name: str, layer: str, memory_path: str | None,
+                     cpu: str, memory: str, metadata: dict) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO snapshots (id, sandbox_id, name, layer, memory_path, cpu, memory, created_at, metadata)"
+                       " VALUES (?,?,?,?,?,?,?,?,?)",
+                       (id, sandbox_id, name, layer, memory_path, cpu, memory, time.time(), json.dumps(metadata)))
+
+    def get_snapshot(self, ref: str, sandbox_id: str | None = None) -> dict:
+        """By id, or by name within ``sandbox_id``. Raises NotFoundError."""
+        db = self._db()
+        row = db.execute("SELECT * FROM snapshots WHERE id=?", (ref,)).fetchone()
+        if row is None and sandbox_id:
+            row = db.execute("SELECT * FROM snapshots WHERE sandbox_id=? AND name=?", (sandbox_id, ref)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no snapshot {ref!r}" + (" in this sandbox" if sandbox_id else "")
+                                + " (see `vmsandbox snapshot list NAME`)")
+        return _snapshot_row(row)
+
+    def find_snapshot(self, id: str) -> Optional[dict]:
+        row = self._db().execute("SELECT * FROM snapshots WHERE id=?", (id,)).fetchone()
+        return _snapshot_row(row) if row else None
+
+    def list_snapshots(self, sandbox_id: str | None = None) -> list[dict]:
+        q = "SELECT * FROM snapshots" + (" WHERE sandbox_id=?" if sandbox_id else "") + " ORDER BY created_at"
+        return [_snapshot_row(r) for r in self._db().execute(q, (sandbox_id,) if sandbox_id else ())]
+
+    def update_snapshot(self, id: str, **fields: Any) -> None:
+        if "metadata" in fields:
+            fields["metadata"] = json.dumps(fields["metadata"])
+        with self.transaction() as db:
+            db.execute(f"UPDATE snapshots SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), id))
+
+    def delete_snapshot_record(self, id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM snapshots WHERE id=?", (id,))
+
+    # journal
+    def journal_begin(self, id: str, operation: str, sandbox_id: str | None, data: dict) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO journal (id, operation, sandbox_id, step, data, pid, started_at) VALUES (?,?,?,?,?,?,?)",
+                       (id, operation, sandbox_id, "begun", json.dumps(data), os.getpid(), time.time()))
+
+    def journal_step(self, id: str, step: str, **data: Any) -> None:
+        with self.transaction() as db:
+            row = db.execute("SELECT data FROM journal WHERE id=?", (id,)).fetchone()
+            merged = {**json.loads(row["data"]), **data} if row else data
+            db.execute("UPDATE journal SET step=?, data=? WHERE id=?", (step, json.dumps(merged), id))
+
+    def journal_end(self, id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM journal WHERE id=?", (id,))
+
+    def journal_entries(self) -> list[dict]:
+        return [{**dict(r), "data": json.loads(r["data"])}
+                for r in self._db().execute("SELECT * FROM journal ORDER BY started_at")]
+
+
+def _snapshot_row(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["metadata"] = json.loads(d["metadata"])
+    return d
+
+
+class Store(TreeStore):
     """SQLite-backed records. ``path`` is the database file (created with its directory)."""
 
     def __init__(self, path: Path) -> None:
@@ -114,13 +260,29 @@ class Store:
         with self.transaction(immediate=True) as db:
             if db.execute("SELECT 1 FROM sandboxes WHERE name=?", (name,)).fetchone():
                 raise SandboxError(f"a sandbox named {name!r} already exists")
-            used = {r[0] for r in db.execute("SELECT ssh_port FROM sandboxes")}
-            port = _pick_port(port_range, used, seed=hash(id))
+            port = _pick_port(port_range, self._used_ports(db), seed=hash(id))
             db.execute(
                 f"INSERT INTO sandboxes ({', '.join(_SANDBOX_COLS)}) VALUES ({', '.join('?' * len(_SANDBOX_COLS))})",
                 (id, name, SandboxState.CREATING.value, box, domain, port, cpu, memory, disk,
                  network_mode, int(persistent), now, now, "", json.dumps(extra or {})))
         return self.get_sandbox(id)
+
+    @staticmethod
+    def _used_ports(db: sqlite3.Connection) -> set[int]:
+        return ({r[0] for r in db.execute("SELECT ssh_port FROM sandboxes")}
+                | {r[0] for r in db.execute("SELECT port FROM port_holds")})
+
+    def hold_port(self, sandbox_id: str, port_range: tuple[int, int]) -> int:
+        """Reserve one more free port for ``sandbox_id`` (released by ``release_port``)."""
+        with self.transaction(immediate=True) as db:
+            port = _pick_port(port_range, self._used_ports(db), seed=hash((sandbox_id, time.time())))
+            db.execute("INSERT INTO port_holds (port, sandbox_id, created_at) VALUES (?,?,?)",
+                       (port, sandbox_id, time.time()))
+        return port
+
+    def release_port(self, port: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM port_holds WHERE port=?", (port,))
 
     def get_sandbox(self, ref: str) -> SandboxInfo:
         """By id or by name. Raises NotFoundError."""
@@ -167,6 +329,7 @@ class Store:
     def delete_sandbox(self, id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM sandboxes WHERE id=?", (id,))
+            db.execute("DELETE FROM port_holds WHERE sandbox_id=?", (id,))
 
     # -- audit -----------------------------------------------------------------------------
     def audit(self, operation: str, outcome: str, sandbox: SandboxInfo | None = None,

@@ -83,7 +83,7 @@ def test_unreachable_guest_keeps_only_console_log(tmp_path):
     core = fake_core(tmp_path, NO_POLICY)
 
     def session(info):
-        (core.sandbox_dir(info) / "console.log").write_text("kernel panic\n")
+        core.console_log(info).write_text("kernel panic\n")
         return FakeSession(info.ssh_port, ready_error=GuestUnreachableError(
             f"no SSH; see {core.console_log(info)}", str(core.console_log(info))))
     core.session = session

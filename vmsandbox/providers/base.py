@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..exceptions import SandboxError
+
 
 @dataclass(frozen=True)
 class MachineSpec:
@@ -94,11 +96,41 @@ class Provider(abc.ABC):
         """Names of all domains starting with ``prefix`` (only ours)."""
 
     @abc.abstractmethod
-    def machine_stats(self, name: str) -> DomainStats: ...
+    def machine_stats(self, name: str) -> DomainStats:
+        """Host-side sample of one guest; NotFoundError when the domain is gone."""
+
+    def machines_stats(self, names: list[str]) -> dict[str, "DomainStats | SandboxError"]:
+        """Host-side samples of several guests at once (the watchdog's per-interval call).
+
+        Each name maps to its ``DomainStats`` or to the error that prevented sampling it
+        (``NotFoundError`` when the domain is gone), so one bad guest never hides the others.
+        Providers override this when their VM layer can sample many guests in one call.
+        """
+        out: dict[str, DomainStats | SandboxError] = {}
+        for name in names:
+            try:
+                out[name] = self.machine_stats(name)
+            except SandboxError as exc:
+                out[name] = exc
+        return out
 
     @abc.abstractmethod
     def checks(self) -> list[ProviderCheck]:
         """Health of the VM layer for ``vmsandbox doctor``."""
+
+    # -- snapshots (external qcow2 overlays managed by vmsandbox) ---------------------------
+    def snapshot_machine(self, name: str, new_overlay: Path, memory_path: Optional[Path]) -> None:
+        """Switch a running/paused guest to ``new_overlay`` (created on top of its current disk),
+        atomically saving its memory to ``memory_path`` when given. The guest keeps running."""
+        raise NotImplementedError
+
+    def restore_machine(self, memory_path: Path, spec: MachineSpec) -> None:
+        """Start a new guest from a memory state, under the identity and disk of ``spec``."""
+        raise NotImplementedError
+
+    def machine_disk(self, name: str) -> Optional[str]:
+        """The path of the guest's current disk (vda); None when there is no such domain."""
+        raise NotImplementedError
 
     def accelerator(self) -> tuple[str, str]:
         """('kvm'|'tcg', why)."""
