@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .exceptions import ProviderError
+from .exceptions import NotFoundError, ProviderError
 from .providers.base import DomainStats, MachineSpec, Provider, ProviderCheck
 
 
@@ -69,7 +69,11 @@ class FakeProvider(Provider):
         return sorted(n for n in self.domains if n.startswith(prefix))
 
     def machine_stats(self, name: str) -> DomainStats:
-        d = self._dom(name)
+        """Reads ``cpu_time_ns``, ``memory_used``, ``disk_allocation`` of ``domains[name]`` (tests set them)."""
+        self._call("machine_stats", name)
+        if name not in self.domains:
+            raise NotFoundError(f"sampling {name}: no such domain")
+        d = self.domains[name]
         spec: MachineSpec = d["spec"]
         return DomainStats(state=d["state"], cpu_time_ns=d["cpu_time_ns"], vcpus=spec.vcpus,
                            memory_total=spec.memory_bytes, memory_used=d.get("memory_used", 0),

@@ -49,7 +49,7 @@ class DomainStats:
     memory_used: Optional[int] = None      # total - available (balloon stats)
     disk_allocation: Optional[int] = None  # bytes of the active overlay on the host
     disk_capacity: Optional[int] = None
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)   # e.g. vcpu_time_ns: vCPU time only (cpu_time_ns counts all of QEMU)
 
 
 class Provider(abc.ABC):
