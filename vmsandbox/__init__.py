@@ -2,7 +2,8 @@
 
 Public API: ``SandboxCore`` / ``AsyncSandboxCore`` (lifecycle, execute), ``ExecutionResult``,
 ``SandboxInfo``, ``SandboxState``, ``load_config``/``Config`` and the exception tree.
-The policy lives in ``vmsandbox.safety`` (``SafetyValidator``).
+``StateManager`` / ``RollbackManager`` (snapshots and rollback). The policy lives in
+``vmsandbox.safety`` (``SafetyValidator``); the watchdog's types in ``vmsandbox.health``.
 """
 from .config import Config, load_config
 from .core import AsyncSandboxCore, SandboxCore
@@ -10,11 +11,15 @@ from .exceptions import (CommandTimeout, ConfigError, GuestUnreachableError, Not
                          ResourceLimitError, RollbackError, SandboxError, SecurityError, StateCorruptionError,
                          StateError)
 from .models import ExecutionResult, SandboxInfo, SandboxState
+from .rollback import RollbackManager, RollbackPoint
+from .snapshots import RollbackEvent, Snapshot
+from .state import StateManager
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SandboxCore", "AsyncSandboxCore", "ExecutionResult", "SandboxInfo", "SandboxState", "Config", "load_config",
+    "SandboxCore", "AsyncSandboxCore", "StateManager", "RollbackManager", "RollbackPoint", "RollbackEvent",
+    "Snapshot", "ExecutionResult", "SandboxInfo", "SandboxState", "Config", "load_config",
     "SandboxError", "ConfigError", "NotFoundError", "StateError", "SecurityError", "ResourceLimitError",
     "ProviderError", "GuestUnreachableError", "CommandTimeout", "RollbackError", "StateCorruptionError",
 ]

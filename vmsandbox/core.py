@@ -418,10 +418,9 @@ class SandboxCore:
         self.store.audit("policy", decision, info, command=command, level=str(a.risk_level.value), rules=rules,
                          reason=a.reason)
         if decision == "block":
-            raise SecurityError(f"blocked ({a.risk_level.value}): {a.reason}", a)
+            raise SecurityError(f"blocked: {a.reason}", a)
         if decision == "needs_approval":
-            raise SecurityError(f"needs approval ({a.risk_level.value}): {a.reason} "
-                                "(pass approve=True, or `vmsandbox exec --approve`)", a)
+            raise SecurityError(f"needs approval: {a.reason} (pass approve=True, or `vmsandbox exec --approve`)", a)
         if decision in ("flag", "approved", "warn"):
             self._before_risky_command(info, a)
         return a

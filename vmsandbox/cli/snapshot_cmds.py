@@ -1,0 +1,105 @@
+"""CLI commands for snapshots: snapshot create|list|delete, rollback, clone."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+import click
+
+from ._context import get_core, print_json, table
+
+
+@click.group("snapshot")
+def snapshot():
+    """Snapshots of a sandbox (disk, and memory of a running guest)."""
+
+
+@snapshot.command("create")
+@click.argument("name")
+@click.argument("snapshot_name")
+@click.option("--disk-only", is_flag=True, help="Do not save the guest's memory.")
+@click.option("--reason", default=None, help="Why (kept with the snapshot).")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def snapshot_create(ctx, name, snapshot_name, disk_only, reason, json_out):
+    """Snapshot sandbox NAME as SNAPSHOT_NAME; the guest keeps running."""
+    core = get_core(ctx)
+    t = time.monotonic()
+    sid = core.create_snapshot(name, snapshot_name, memory=False if disk_only else None,
+                               metadata={"reason": reason} if reason else None)
+    took = time.monotonic() - t
+    if json_out:
+        print_json({"id": sid, "name": snapshot_name, "seconds": round(took, 3)})
+    else:
+        click.echo(f"snapshot {snapshot_name} ({sid}) of {name} in {took * 1000:.0f} ms")
+
+
+@snapshot.command("list")
+@click.argument("name")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def snapshot_list(ctx, name, json_out):
+    """List the snapshots of sandbox NAME."""
+    snaps = get_core(ctx).list_snapshots(name)
+    if json_out:
+        print_json([s.to_dict() for s in snaps])
+        return
+    table(["NAME", "ID", "MEMORY", "CREATED", "NOTE"],
+          [[s.name, s.id, "yes" if s.has_memory else "no",
+            datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+            s.metadata.get("reason", "")] for s in snaps])
+
+
+@snapshot.command("delete")
+@click.argument("name")
+@click.argument("snapshot_ref")
+@click.pass_context
+def snapshot_delete(ctx, name, snapshot_ref):
+    """Delete a snapshot (its disk layer is kept while anything stands on it)."""
+    get_core(ctx).delete_snapshot(name, snapshot_ref)
+    click.echo(f"deleted snapshot {snapshot_ref} of {name}")
+
+
+@click.command("rollback")
+@click.argument("name")
+@click.argument("snapshot_ref")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def rollback(ctx, name, snapshot_ref, json_out):
+    """Roll sandbox NAME back to SNAPSHOT (a name or an id)."""
+    core = get_core(ctx)
+    t = time.monotonic()
+    core.rollback(name, snapshot_ref)
+    took = time.monotonic() - t
+    if json_out:
+        print_json({"sandbox": name, "snapshot": snapshot_ref, "seconds": round(took, 3)})
+    else:
+        click.echo(f"rolled {name} back to {snapshot_ref} in {took:.2f} s")
+
+
+@click.command("clone")
+@click.argument("snapshot_ref")
+@click.argument("new_name")
+@click.option("--network", "network_mode", type=click.Choice(["none", "nat"]), default=None)
+@click.option("--persistent", is_flag=True)
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def clone(ctx, snapshot_ref, new_name, network_mode, persistent, json_out):
+    """Start NEW_NAME as a linked clone of SNAPSHOT (an id, or SANDBOX:SNAPSHOT)."""
+    core = get_core(ctx)
+    cfg = {"clone_from": snapshot_ref}
+    if network_mode:
+        cfg["network_mode"] = network_mode
+    if persistent:
+        cfg["persistent"] = True
+    t = time.monotonic()
+    sid = core.create_sandbox(new_name, cfg)
+    info = core.get(sid)
+    if json_out:
+        print_json({**info.to_dict(), "seconds": round(time.monotonic() - t, 3)})
+    else:
+        click.echo(f"cloned {snapshot_ref} as {new_name} ({sid}) in {time.monotonic() - t:.1f} s; "
+                   f"ssh on 127.0.0.1:{info.ssh_port}")
+
+
+COMMANDS = [snapshot, rollback, clone]
