@@ -34,6 +34,8 @@ from vmsandbox.exceptions import (
 from vmsandbox.models import ExecutionResult
 
 log = logging.getLogger("vmsandbox.ssh")
+# paramiko logs every refused banner while a guest boots (expected) as an ERROR with a traceback.
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 
 _CHUNK = 256 << 10                  # read/write granularity for channels and files
 _BANNER_TIMEOUT = 1.0               # per attempt while waiting for a guest
