@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Set up vmsandbox on a fresh Debian 12 machine (as root) and run the main job or the tests.
+#   bash scripts/setup.sh demo    install everything, then create/exec/snapshot/rollback/destroy a sandbox
+#   bash scripts/setup.sh test    install everything, then run the whole test suite (real VMs included)
+#   bash scripts/setup.sh         install only
+# Idempotent: packages, daemons, the virtualenv and the tiny box are only installed when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils                      # the hypervisor (TCG or KVM) and qemu-img
+  libvirt-daemon-system libvirt-clients           # libvirtd, virtlogd, virsh
+  libvirt-dev pkg-config gcc python3-dev          # to build libvirt-python
+  linux-image-cloud-amd64 busybox-static dropbear-bin openssh-client e2fsprogs cpio   # the tiny box
+  syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
+  iproute2 util-linux procps
+)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "error: run as root (it installs Debian packages and starts libvirtd)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt-get install ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+step "libvirt daemons"
+pgrep -x virtlogd >/dev/null || virtlogd -d
+pgrep -x libvirtd >/dev/null || libvirtd -d
+for _ in $(seq 60); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && break
+  sleep 0.5
+done
+virsh -c qemu:///system version >/dev/null || { echo "error: libvirtd did not come up" >&2; exit 1; }
+
+step "virtualenv .venv"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+
+step "tiny box"
+if ! .venv/bin/vmsandbox box list --json | grep -q '"name": "tiny"'; then
+  .venv/bin/vmsandbox box build tiny
+fi
+.venv/bin/vmsandbox doctor || true
+
+case "${1:-}" in
+  demo) step "demo"; exec .venv/bin/vmsandbox demo ;;
+  test) step "tests"; exec .venv/bin/python -m pytest -v -p no:cacheprovider tests ;;
+  "") ;;
+  *) echo "error: unknown action '$1' (demo or test)" >&2; exit 2 ;;
+esac
