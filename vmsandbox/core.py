@@ -144,7 +144,7 @@ class SandboxCore:
             cpu_quota=cpu if cpu < 1 else None, memory_bytes=parse_size(info.memory),
             disk_path=disk_path or self.active_disk(info), ssh_port=info.ssh_port, mac=info.extra["mac"],
             network_mode=info.network_mode, console_log=self.console_log(info), kernel=box.kernel,
-            initrd=box.initrd, cmdline=box.cmdline)
+            initrd=box.initrd, cmdline=f"{box.cmdline} hostname={info.name}" if box.cmdline else None)
         fields.update(override)
         return MachineSpec(**fields)
 

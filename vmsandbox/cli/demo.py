@@ -19,7 +19,7 @@ def run_demo(core, box: str | None = None, keep: bool = False) -> None:
         cfg["box"] = box
     _step(f"create sandbox {name}")
     t = time.monotonic()
-    sid = core.create_sandbox(name, cfg, progress=lambda m: click.echo(f"    {m}"))
+    sid = core.create_sandbox(name, cfg, progress=_stage_printer())
     click.echo(f"    up in {time.monotonic() - t:.1f} s (accelerator: {core.provider.accelerator()[0]})")
     try:
         for cmd in ("uname -a", "echo hello from $(hostname); id -u", "df -h / | tail -1"):
@@ -32,7 +32,7 @@ def run_demo(core, box: str | None = None, keep: bool = False) -> None:
         try:
             core.execute(sid, "rm -rf /")
         except SecurityError as exc:
-            click.echo(f"    blocked: {exc}")
+            click.echo(f"    {exc}")
         if hasattr(core, "create_snapshot"):
             _demo_snapshot(core, sid)
     finally:
@@ -45,16 +45,28 @@ def run_demo(core, box: str | None = None, keep: bool = False) -> None:
             click.echo(f"    gone in {time.monotonic() - t:.1f} s")
 
 
+def _stage_printer():
+    """Print each stage of a long operation once (not every progress tick)."""
+    last = [""]
+
+    def progress(message: str) -> None:
+        stage = message.split("(")[0].strip()
+        if stage != last[0]:
+            last[0] = stage
+            click.echo(f"    {stage}")
+    return progress
+
+
 def _demo_snapshot(core, sid: str) -> None:
-    _step("write /root/state.txt, snapshot, then damage it")
-    core.execute(sid, "echo precious > /root/state.txt; sync")
+    _step("write /work/state.txt, snapshot (disk and memory), then damage it")
+    core.execute(sid, "mkdir -p /work && echo precious > /work/state.txt && echo in-memory > /tmp/note")
     t = time.monotonic()
     snap = core.create_snapshot(sid, "before-risky-operation")
     click.echo(f"    snapshot {snap} in {time.monotonic() - t:.2f} s")
-    core.execute(sid, "rm -f /root/state.txt; echo damaged > /root/other.txt")
-    click.echo(f"    after damage: {core.execute(sid, 'ls /root').stdout.split()}")
+    core.execute(sid, "rm -f /work/state.txt /tmp/note; echo damaged > /work/other.txt")
+    click.echo(f"    after damage: /work holds {core.execute(sid, 'ls /work').stdout.split()}")
     _step("roll back")
     t = time.monotonic()
     core.rollback(sid, snap)
-    r = core.execute(sid, "cat /root/state.txt; ls /root")
+    r = core.execute(sid, "cat /work/state.txt /tmp/note; ls /work")
     click.echo(f"    rolled back and ran a command in {time.monotonic() - t:.2f} s: {r.stdout.split()}")
