@@ -606,6 +606,18 @@ class SandboxCore:
         """Domains we own that are not a sandbox's current one (an old guest being retired)."""
         return domain in self.snapshots.retiring_domains()
 
+    def box_users(self, box: str) -> list[str]:
+        """Sandboxes whose disks stand on ``box`` (directly or through kept layers)."""
+        owners = {l["owner"] for l in self.store.list_layers() if l["box"] == box}
+        return sorted(i.name for i in self.store.list_sandboxes() if i.box == box or i.id in owners) or \
+            sorted(owners)
+
+    def require_box_unused(self, box: str) -> None:
+        """Raise StateError when replacing or removing ``box`` would break sandbox disks."""
+        users = self.box_users(box)
+        if users:
+            raise StateError(f"box {box!r} is in use by {', '.join(users)}; destroy them first")
+
     # -- diagnostics -----------------------------------------------------------------------
     def doctor(self) -> list[ProviderCheck]:
         checks = list(self.provider.checks())

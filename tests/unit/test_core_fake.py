@@ -179,3 +179,14 @@ def test_async_twin(tmp_path):
         await ac.close()
         return r.exit_code
     assert asyncio.run(go()) == 0
+
+
+def test_box_in_use_cannot_be_removed(core, tmp_path):
+    from click.testing import CliRunner
+    from vmsandbox.cli import cli
+    core.create_sandbox("user-of-tiny")
+    with pytest.raises(StateError, match="in use by user-of-tiny"):
+        core.require_box_unused("tiny")
+    r = CliRunner().invoke(cli, ["--state-dir", str(core.state_dir), "box", "remove", "tiny"])
+    assert r.exit_code == 4 and "in use by user-of-tiny" in r.output
+    core.require_box_unused("other")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._context import console, get_box_store, print_json, table
+from ._context import console, get_box_store, get_core, print_json, table
 
 
 @click.group("box")
@@ -23,6 +23,8 @@ def box() -> None:
 def build_cmd(ctx: click.Context, recipe: str, name: str | None, force: bool, as_json: bool) -> None:
     """Build a box from a recipe in boxes/ (default: tiny)."""
     store = get_box_store(ctx)
+    if force:
+        get_core(ctx).require_box_unused(name or recipe)
     with console.status(f"building box from recipe {recipe!r}") as status:
         def progress(message: str) -> None:
             status.update(f"{recipe}: {message}")
@@ -62,6 +64,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 def import_cmd(ctx: click.Context, file: Path, name: str, ssh_user: str, ssh_key: Path | None,
                force: bool, as_json: bool) -> None:
     """Import a Vagrant libvirt .box file."""
+    if force:
+        get_core(ctx).require_box_unused(name)
     with console.status(f"importing {file.name}"):
         new_box = get_box_store(ctx).import_box(file, name, ssh_user=ssh_user, ssh_key=ssh_key, force=force)
     if as_json:
@@ -74,7 +78,8 @@ def import_cmd(ctx: click.Context, file: Path, name: str, ssh_user: str, ssh_key
 @click.argument("name")
 @click.pass_context
 def remove_cmd(ctx: click.Context, name: str) -> None:
-    """Delete a stored box."""
+    """Delete a stored box (refused while sandboxes stand on it)."""
+    get_core(ctx).require_box_unused(name)
     get_box_store(ctx).remove(name)
     click.echo(f"box {name!r} removed")
 
