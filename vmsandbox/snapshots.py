@@ -261,11 +261,7 @@ class SnapshotManager:
             core.fault_point("rollback:overlay")
             if progress:
                 progress("starting the guest from the snapshot")
-            if row["memory_path"]:
-                with self._snapshot_lock(row["id"]), self._memory_file(row) as mem:
-                    core.provider.restore_machine(mem, spec)
-            else:
-                core.provider.start_machine(spec)
+            self._start_from(row, spec)
             core.fault_point("rollback:started")
         except BaseException as exc:
             self._undo_start(new_domain, new_path, new_port)
@@ -297,6 +293,14 @@ class SnapshotManager:
             raise RollbackError(f"{info.name!r} was rolled back to {row['name']!r} but does not answer: {exc}; "
                                 f"destroy it or use emergency_shutdown") from exc
         return core.get(info.id)
+
+    def _start_from(self, row: dict, spec) -> None:
+        """Start ``spec``'s guest from snapshot ``row``: resume its memory, or boot its disk."""
+        if row["memory_path"]:
+            with self._snapshot_lock(row["id"]), self._memory_file(row) as mem:
+                self.core.provider.restore_machine(mem, spec)
+        else:
+            self.core.provider.start_machine(spec)
 
     def _after_restore(self, info: SandboxInfo, new_mac: str | None = None) -> None:
         """A restored guest's clock is at snapshot time: set it from the host; give a clone its own MAC."""
@@ -366,12 +370,7 @@ class SnapshotManager:
                 core.fault_point("clone:overlay")
                 if progress:
                     progress("starting the clone")
-                spec = core._spec(info)
-                if row["memory_path"]:
-                    with self._snapshot_lock(row["id"]), self._memory_file(row) as mem:
-                        core.provider.restore_machine(mem, spec)
-                else:
-                    core.provider.start_machine(spec)
+                self._start_from(row, core._spec(info))
                 core.fault_point("clone:started")
                 core._wait_ready(info, progress)
                 if row["memory_path"]:
