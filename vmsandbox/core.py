@@ -25,8 +25,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from . import disks
 from .config import Config, Limits, load_config, parse_cpu, parse_size
-from .exceptions import (ConfigError, NotFoundError, ProviderError, ResourceLimitError, SandboxError,
-                         SecurityError, StateError)
+from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError,
+                         SandboxError, SecurityError, StateCorruptionError, StateError)
 from .models import ALLOWED, ExecutionResult, SandboxInfo, SandboxState
 from .providers import MachineSpec, Provider, ProviderCheck, load_provider
 from .store import Store, default_db_path, ensure_state_dir
@@ -48,6 +48,7 @@ class SandboxRequest:
     network_mode: str
     persistent: bool
     clone_from: Optional[str] = None
+    ttl_seconds: float = 3600.0
 
 
 class SandboxCore:
@@ -143,7 +144,8 @@ class SandboxCore:
             name=info.domain, uuid=info.extra["uuid"], vcpus=max(1, math.ceil(cpu)),
             cpu_quota=cpu if cpu < 1 else None, memory_bytes=parse_size(info.memory),
             disk_path=disk_path or self.active_disk(info), ssh_port=info.ssh_port, mac=info.extra["mac"],
-            network_mode=info.network_mode, console_log=self.console_log(info), kernel=box.kernel,
+            network_mode=info.network_mode, console_log=self.console_log(info), owner=str(self.state_dir),
+            kernel=box.kernel,
             initrd=box.initrd, cmdline=f"{box.cmdline} hostname={info.name}" if box.cmdline else None)
         fields.update(override)
         return MachineSpec(**fields)
@@ -155,6 +157,14 @@ class SandboxCore:
 
     def active_disk(self, info: SandboxInfo) -> Path:
         return Path(self.store.get_layer(info.extra["active_layer"])["path"])
+
+    def layer_file(self, layer_id: str) -> Path:
+        """The file of a frozen layer about to be built on; StateCorruptionError when it is gone."""
+        path = Path(self.store.get_layer(layer_id)["path"])
+        if not path.exists():
+            raise StateCorruptionError(f"layer {layer_id} is recorded but its file {path} is missing; "
+                                       "run `vmsandbox doctor`")
+        return path
 
     def new_layer_path(self) -> tuple[str, Path]:
         lid = "L" + uuid.uuid4().hex[:15]
@@ -241,8 +251,11 @@ class SandboxCore:
                                          f"safety.limits.{key} {getattr(cap, key)}")
         if limits.memory_bytes < 64 << 20:
             raise ConfigError(f"{limits.memory!r} is too little memory (at least 64M)", "resource_limits.memory")
+        ttl = config.get("ttl_seconds", self.config.sandbox.ttl_seconds)
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise ConfigError(f"{ttl!r} must be a number of seconds above 0", "sandbox config.ttl_seconds")
         return SandboxRequest(box=box, limits=limits, network_mode=net, persistent=persistent,
-                              clone_from=config.get("clone_from"))
+                              clone_from=config.get("clone_from"), ttl_seconds=float(ttl))
 
     def create_sandbox(self, name: str, config: Mapping | None = None, progress: Optional[Progress] = None) -> str:
         """Create and boot a sandbox; returns its id once a command can run in it.
@@ -290,7 +303,7 @@ class SandboxCore:
                 network_mode=req.network_mode, persistent=req.persistent,
                 port_range=tuple(self.config.sandbox.port_range),
                 extra={"uuid": str(uuid.uuid4()), "mac": _mac_for(sid), "active_layer": layer_id, "generation": 0,
-                       **extra})
+                       "ttl_seconds": req.ttl_seconds, **extra})
         except SandboxError as exc:
             self.store.audit("create", "rejected", sandbox_id=sid, sandbox_name=name, error=str(exc))
             raise ConfigError(str(exc), "name") from None
@@ -377,12 +390,13 @@ class SandboxCore:
     def execute(self, sandbox_id: str, command: str, timeout: float | None = None, working_dir: str | None = None,
                 env: Mapping[str, str] | None = None, stdin: bytes | str | None = None, approve: bool = False,
                 on_stdout: Callable[[bytes], None] | None = None,
-                on_stderr: Callable[[bytes], None] | None = None) -> ExecutionResult:
+                on_stderr: Callable[[bytes], None] | None = None, raise_on_timeout: bool = False) -> ExecutionResult:
         """Screen ``command`` with the policy, then run it in the sandbox over SSH.
 
         Raises SecurityError (blocked, or HIGH without approval), StateError / ResourceLimitError
-        (sandbox not running), NotFoundError, ProviderError (transport). A non-zero exit or a
-        timeout is a normal result (``exit_code``, ``timed_out``).
+        (sandbox not running), NotFoundError, ProviderError (transport). A non-zero exit is a normal
+        result; so is a timeout (``timed_out``, the command killed) unless ``raise_on_timeout``,
+        which raises CommandTimeout carrying the partial result.
         """
         if not isinstance(command, str) or not command.strip():
             raise ConfigError("the command is empty", "command")
@@ -403,6 +417,8 @@ class SandboxCore:
         self.store.audit("execute", "timeout" if result.timed_out else "ok", info, command=command,
                          exit_code=result.exit_code, seconds=round(result.duration, 3),
                          truncated=result.truncated)
+        if result.timed_out and raise_on_timeout:
+            raise CommandTimeout(f"command timed out after {to:g} s and was killed: {command[:120]}", result, to)
         return result
 
     def screen(self, info: SandboxInfo, command: str, approve: bool = False):
@@ -488,10 +504,9 @@ class SandboxCore:
     def start(self, sandbox_id: str, progress: Optional[Progress] = None) -> SandboxInfo:
         """Boot a stopped sandbox (also after a host restart) and wait until SSH answers."""
         def act(info: SandboxInfo) -> None:
-            if self.provider.machine_state(info.domain) is None:      # host restarted, definition lost
-                self.provider.start_machine(self._spec(info, self.active_disk(info)))
-            else:
-                self.provider.boot_machine(info.domain)
+            # Redefine every time: the active layer may have changed (a snapshot of the stopped
+            # guest), or the definition may be gone (host restart).
+            self.provider.start_machine(self._spec(info, self.layer_file(info.extra["active_layer"])))
             self._drop_session(info.id)
             self._wait_ready(info, progress)
         return self._power(sandbox_id, "start", SandboxState.RUNNING, act)
@@ -527,8 +542,7 @@ class SandboxCore:
             self._drop_session(info.id)
             if self.provider.machine_state(info.domain) is not None:
                 self.provider.kill_machine(info.domain)
-        return self._power(sandbox_id, "emergency_shutdown", SandboxState.STOPPED, act,
-                           reason if reason.startswith("limit:") else f"limit: {reason}")
+        return self._power(sandbox_id, "emergency_shutdown", SandboxState.STOPPED, act, reason)
 
     def get_health_status(self, sandbox_id: str):
         """Current ``Health`` of a sandbox: status, metrics, alerts, recommendations."""
@@ -571,9 +585,9 @@ class SandboxCore:
         (prefixed domains or sandbox directories with no record, records stuck half-created)."""
         done: list[str] = []
         now = time.time()
-        ttl = self.config.sandbox.ttl_seconds
         records = self.store.list_sandboxes()
         for info in records:
+            ttl = info.extra.get("ttl_seconds", self.config.sandbox.ttl_seconds)
             idle = now - info.last_used_at
             stuck = info.state in (SandboxState.CREATING, SandboxState.DESTROYING) and idle > 2 * self.config.sandbox.boot_timeout_seconds
             if stuck or (not info.persistent and idle > ttl):
@@ -581,7 +595,7 @@ class SandboxCore:
                 if not dry_run:
                     self.destroy(info.id)
         known_domains = {i.domain for i in self.store.list_sandboxes()}
-        for dom in self.provider.list_machines(self.config.sandbox.domain_prefix):
+        for dom in self.provider.list_machines(self.config.sandbox.domain_prefix, owner=str(self.state_dir)):
             if dom not in known_domains and not self._is_extra_domain(dom):
                 done.append(f"domain {dom} (no record)")
                 if not dry_run:

@@ -245,8 +245,8 @@ class SnapshotManager:
         new_layer, new_path = core.new_layer_path()
         new_domain = core.domain_name(info.name, info.id, gen)
         new_uuid = str(uuid.uuid4())
+        layer_path = core.layer_file(row["layer"])
         new_port = self.store.hold_port(info.id, tuple(core.config.sandbox.port_range))
-        layer_path = self.store.get_layer(row["layer"])["path"]
         op = "op-" + uuid.uuid4().hex[:12]
         self.store.journal_begin(op, "rollback", info.id, {
             "snapshot": row["id"], "new_layer": new_layer, "new_path": str(new_path), "new_domain": new_domain,
@@ -356,7 +356,8 @@ class SnapshotManager:
         core = self.core
         row = self.resolve(snapshot_ref)
         origin = self.store.get_sandbox(row["sandbox_id"])
-        box = core.boxes.get(origin.box)
+        core.boxes.get(origin.box)
+        base = core.layer_file(row["layer"])
         started = time.monotonic()
         info = core._reserve(name, origin.box, row["cpu"], row["memory"], origin.disk, req,
                              cloned_from=row["id"])
@@ -366,7 +367,7 @@ class SnapshotManager:
         try:
             with core._locked(info.id):
                 self.store.update_layer_parent(info.extra["active_layer"], row["layer"])
-                disks.create_overlay(core.active_disk(info), Path(self.store.get_layer(row["layer"])["path"]))
+                disks.create_overlay(core.active_disk(info), base)
                 core.fault_point("clone:overlay")
                 if progress:
                     progress("starting the clone")
@@ -403,6 +404,7 @@ class SnapshotManager:
             self.store.delete_snapshot_record(row["id"])
         self.core.fault_point("delete:record")
         _unlink(row["memory_path"])
+        _unlink(self.core.state_dir / "locks" / f"{row['id']}.lock")
         self.collect_layers()
         self.store.journal_end(op)
 

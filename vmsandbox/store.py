@@ -207,6 +207,8 @@ class Store(TreeStore):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(mode=0o600, exist_ok=True)      # the audit log holds command lines
+        os.chmod(self.path, 0o600)
         self._local = threading.local()
         self._db().executescript(SCHEMA)   # idempotent; executescript manages its own commit
 

@@ -65,8 +65,9 @@ class FakeProvider(Provider):
         d = self.domains.get(name)
         return d["state"] if d else None
 
-    def list_machines(self, prefix: str) -> list[str]:
-        return sorted(n for n in self.domains if n.startswith(prefix))
+    def list_machines(self, prefix: str, owner: Optional[str] = None) -> list[str]:
+        return sorted(n for n, d in self.domains.items() if n.startswith(prefix)
+                      and (owner is None or d["spec"].owner == owner))
 
     def machine_stats(self, name: str) -> DomainStats:
         """Reads ``cpu_time_ns``, ``memory_used``, ``disk_allocation`` of ``domains[name]`` (tests set them)."""

@@ -260,3 +260,30 @@ def test_cli_create_exec_list_destroy(env, tiny_box):
         assert r.exit_code == 0, r.output
     r = runner.invoke(cli, base + ["exec", "cli-1", "--", "true"])
     assert r.exit_code == 3 and "no sandbox 'cli-1'" in r.output
+
+
+def test_network_none_keeps_the_guest_in_nat_lets_it_out(core):
+    """restrict=on: a guest connection to a host listener (slirp's 10.0.2.2 is the host's loopback)
+    never arrives; network_mode nat drops restrict and it does. Only 127.0.0.1 is ever reached."""
+    import socket
+    results = {}
+    for mode in ("none", "nat"):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        srv.settimeout(6)
+        port = srv.getsockname()[1]
+        s = core.create_sandbox(f"net-{mode}", {"network_mode": mode})
+        try:
+            assert core.execute(s, "command -v nc").exit_code == 0
+            core.execute(s, f"(echo hello | nc -w 3 10.0.2.2 {port}) >/dev/null 2>&1 &")
+            try:
+                conn, _ = srv.accept()
+                results[mode] = conn.recv(16)
+                conn.close()
+            except socket.timeout:
+                results[mode] = None
+        finally:
+            srv.close()
+            core.destroy(s)
+    assert results == {"none": None, "nat": b"hello\n"}

@@ -248,3 +248,32 @@ def test_failed_rollback_leaves_sandbox_usable(env, core, sb):
     assert read(core, sb, "/work/u") == "still-here"
     core.delete_snapshot(sb, snap)
     assert_clean(env, core)
+
+
+def test_restored_guest_is_a_persistent_domain(env, core, sb):
+    """A guest resumed from memory must survive stop/start (and so a host restart)."""
+    snap = core.create_snapshot(sb, "persist-check")
+    core.execute(sb, "echo after-snap > /work/p; sync")
+    core.rollback(sb, snap)
+    core.execute(sb, "echo on-new-guest > /work/p; sync")
+    core.stop(sb)
+    assert core.get(sb).state is SandboxState.STOPPED
+    core.start(sb)
+    assert read(core, sb, "/work/p") == "on-new-guest"
+    assert_clean(env, core)
+
+
+def test_snapshot_of_stopped_sandbox_stays_frozen(env, core):
+    sid = core.create_sandbox("cold-snap")
+    try:
+        core.execute(sid, "mkdir -p /work; echo original > /work/s; sync")
+        core.stop(sid)
+        snap = core.create_snapshot(sid, "while-off")            # disk only: the guest is off
+        assert not core.list_snapshots(sid)[0].has_memory
+        core.start(sid)                                          # must boot on the new active layer
+        core.execute(sid, "echo changed > /work/s; sync")
+        core.rollback(sid, snap)
+        assert read(core, sid, "/work/s") == "original"
+    finally:
+        core.destroy(sid)
+    assert_clean(env, core)

@@ -190,3 +190,41 @@ def test_box_in_use_cannot_be_removed(core, tmp_path):
     r = CliRunner().invoke(cli, ["--state-dir", str(core.state_dir), "box", "remove", "tiny"])
     assert r.exit_code == 4 and "in use by user-of-tiny" in r.output
     core.require_box_unused("other")
+
+
+def test_approval_callback_and_timeout_raise(tmp_path, monkeypatch):
+    import sys
+    import types
+    from vmsandbox.exceptions import CommandTimeout, SecurityError
+    from vmsandbox.models import ExecutionResult
+    seen = []
+    mod = types.ModuleType("approver_for_test")
+    mod.approve = lambda assessment, info: seen.append((assessment.risk_level.value, info.name)) or \
+        "shadow" in assessment.command
+    monkeypatch.setitem(sys.modules, "approver_for_test", mod)
+    core = fake_core(tmp_path, {"safety": {"approval_callback": "approver_for_test:approve"}})
+    sid = core.create_sandbox("appr")
+    assert core.execute(sid, "cat /etc/shadow").exit_code == 0          # HIGH, approved by the callback
+    with pytest.raises(SecurityError, match="needs approval"):
+        core.execute(sid, "chmod 4755 /tmp/x")                          # HIGH, refused by it
+    assert seen == [("HIGH", "appr"), ("HIGH", "appr")]
+    with pytest.raises(SecurityError, match="blocked"):
+        core.execute(sid, "rm -rf /")                                    # CRITICAL never asks
+    outcomes = [r["outcome"] for r in core.audit_log("appr") if r["operation"] == "policy"]
+    assert outcomes == ["approved", "needs_approval", "block"]
+    s = core.fake_sessions[sid]
+    s.responses["sleep 9"] = ExecutionResult("partial", "", None, 1.0, timed_out=True)
+    assert core.execute(sid, "sleep 9", timeout=1).timed_out
+    with pytest.raises(CommandTimeout) as e:
+        core.execute(sid, "sleep 9", timeout=1, raise_on_timeout=True)
+    assert e.value.result.stdout == "partial" and e.value.timeout == 1
+
+
+def test_missing_layer_file_is_state_corruption(core):
+    from vmsandbox.exceptions import StateCorruptionError
+    sid = core.create_sandbox("corrupt")
+    info = core.get(sid)
+    core.active_disk(info).unlink()
+    with pytest.raises(StateCorruptionError, match="missing"):
+        core.layer_file(info.extra["active_layer"])
+    assert any("missing" in p for p in core.snapshots.verify())

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..config import load_config
+from ._context import AppContext
 from ..exceptions import ConfigError
 from ..safety import RiskAssessment, RiskLevel, SafetyValidator
 
@@ -44,14 +45,16 @@ def render(assessment: RiskAssessment, decision: str) -> list[Text]:
 @click.argument("command")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (YAML); its safety section is used.")
-def validate(command: str, as_json: bool, config_path: str | None) -> None:
+              help="Config file (YAML); its safety section is used (default: the global --config).")
+@click.pass_context
+def validate(ctx: click.Context, command: str, as_json: bool, config_path: str | None) -> None:
     """Assess COMMAND with the command policy without running it.
 
     Exit code: 0 for LOW/MEDIUM, 1 for HIGH, 2 for CRITICAL, 3 for a bad config.
     """
     try:
-        validator = SafetyValidator(load_config(config_path))
+        parent = ctx.find_object(AppContext)
+        validator = SafetyValidator(load_config(config_path or (parent.config_path if parent else None)))
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG_ERROR)

@@ -25,6 +25,7 @@ class MachineSpec:
     mac: str
     network_mode: str              # "none" (restricted user-mode net) | "nat" (user-mode, unrestricted)
     console_log: Path
+    owner: str = ""                # state directory that made it (in the domain's metadata)
     kernel: Optional[Path] = None  # direct kernel boot when set; else the disk's own boot loader
     initrd: Optional[Path] = None
     cmdline: Optional[str] = None
@@ -92,8 +93,9 @@ class Provider(abc.ABC):
         """'running' | 'paused' | 'shutoff' | 'crashed' | other; None when no such domain."""
 
     @abc.abstractmethod
-    def list_machines(self, prefix: str) -> list[str]:
-        """Names of all domains starting with ``prefix`` (only ours)."""
+    def list_machines(self, prefix: str, owner: Optional[str] = None) -> list[str]:
+        """Names of all domains starting with ``prefix``; with ``owner``, only those whose metadata
+        names that state directory (another state directory's guests are never touched)."""
 
     @abc.abstractmethod
     def machine_stats(self, name: str) -> DomainStats:

@@ -21,7 +21,7 @@ from ..exceptions import NotFoundError, ProviderError, SandboxError
 from . import accel
 from .base import DomainStats, MachineSpec, Provider, ProviderCheck
 from . import libvirt_savefile
-from .libvirt_xml import domain_xml
+from .libvirt_xml import METADATA_NS, domain_xml
 
 log = logging.getLogger("vmsandbox.libvirt")
 
@@ -247,6 +247,12 @@ class LibvirtProvider(Provider):
             self.conn().restoreFlags(str(memory_path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
         except libvirt.libvirtError as exc:
             raise _map(exc, f"restoring {spec.name} from {memory_path.name}", self.uri) from exc
+        try:     # a restored domain is transient: define it so stop/start and host restarts work
+            kind, _ = self.accelerator()
+            self.conn().defineXML(domain_xml(spec, "kvm" if kind == "kvm" else "qemu"))
+        except libvirt.libvirtError as exc:
+            self.destroy_machine(spec.name)
+            raise _map(exc, f"defining restored {spec.name}", self.uri) from exc
         except OSError as exc:
             raise ProviderError(f"reading memory state {memory_path}: {exc.strerror}") from exc
 
@@ -284,11 +290,23 @@ class LibvirtProvider(Provider):
                 return None
             raise _map(exc, f"reading the state of {name}", self.uri) from exc
 
-    def list_machines(self, prefix: str) -> list[str]:
+    def list_machines(self, prefix: str, owner: Optional[str] = None) -> list[str]:
         try:
-            return sorted(d.name() for d in self.conn().listAllDomains() if d.name().startswith(prefix))
+            doms = [d for d in self.conn().listAllDomains() if d.name().startswith(prefix)]
         except libvirt.libvirtError as exc:
             raise _map(exc, "listing domains", self.uri) from exc
+        if owner is not None:
+            doms = [d for d in doms if self._owner(d) == owner]
+        return sorted(d.name() for d in doms)
+
+    @staticmethod
+    def _owner(dom: "libvirt.virDomain") -> Optional[str]:
+        try:
+            meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+        except libvirt.libvirtError:
+            return None
+        m = re.search(r"state=(['\"])(.*?)\1", meta)
+        return m.group(2) if m else None
 
     def machine_stats(self, name: str) -> DomainStats:
         dom = self._domain(name)

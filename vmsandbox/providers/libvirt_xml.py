@@ -14,6 +14,7 @@ from .base import MachineSpec
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 NIC_PCI_SLOT = "0x10"
 CPU_PERIOD_US = 100_000
+METADATA_NS = "https://vmsandbox.invalid/owner/1"
 
 
 def netdev_arg(spec: MachineSpec) -> str:
@@ -40,7 +41,7 @@ def domain_xml(spec: MachineSpec, domain_type: str = "qemu") -> str:
     return f"""<domain type={quoteattr(domain_type)} xmlns:qemu='{QEMU_NS}'>
   <name>{escape(spec.name)}</name>
   <uuid>{spec.uuid}</uuid>
-  <metadata><vmsandbox xmlns='https://vmsandbox.invalid/1'>managed</vmsandbox></metadata>
+  <metadata><vmsandbox:owner xmlns:vmsandbox={quoteattr(METADATA_NS)} state={quoteattr(spec.owner)}/></metadata>
   <memory unit='b'>{spec.memory_bytes}</memory>
   <currentMemory unit='b'>{spec.memory_bytes}</currentMemory>
   <vcpu placement='static'>{spec.vcpus}</vcpu>
