@@ -3,8 +3,9 @@
 ``/dev/kvm`` existing proves nothing (on some hosts ``qemu -accel kvm`` hangs in the kernel).
 The probe boots a 512-byte boot sector that writes to QEMU's ``isa-debug-exit`` port; only a
 guest that really executed exits with status 3. It is killed after ``timeout`` seconds and never
-waited on without bound (a hung KVM process may be unkillable). The verdict is cached per kernel
-and QEMU binary in ``<state_directory>/accel.json``.
+waited on without bound (a hung KVM process may be unkillable). The verdict belongs to the
+machine and its boot, so it is cached per kernel and QEMU binary in ``/run/vmsandbox/accel.json``
+(emptied at reboot), or in the state directory where /run is not writable.
 """
 from __future__ import annotations
 
@@ -63,13 +64,27 @@ def _cache_key() -> str:
     return f"{platform.release()}|{qemu}|{mtime}"
 
 
-def choose(setting: str, state_dir: Path, timeout: float = 5.0) -> tuple[str, str]:
+MACHINE_CACHE_DIR = Path("/run/vmsandbox")
+
+
+def cache_dir(state_dir: Path) -> Path:
+    """Where the verdict is cached: machine-wide when possible."""
+    try:
+        MACHINE_CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        if os.access(MACHINE_CACHE_DIR, os.W_OK):
+            return MACHINE_CACHE_DIR
+    except OSError:
+        pass
+    return Path(state_dir)
+
+
+def choose(setting: str, cache_in: Path, timeout: float = 5.0) -> tuple[str, str]:
     """Resolve ``sandbox.accelerator`` ('auto'|'kvm'|'tcg') to ('kvm'|'tcg', why)."""
     if setting == "tcg":
         return "tcg", "configured (sandbox.accelerator: tcg)"
     if setting == "kvm":
         return "kvm", "configured (sandbox.accelerator: kvm)"
-    cache = Path(state_dir) / "accel.json"
+    cache = Path(cache_in) / "accel.json"
     key = _cache_key()
     try:
         data = json.loads(cache.read_text())

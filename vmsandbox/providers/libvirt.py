@@ -119,7 +119,7 @@ class LibvirtProvider(Provider):
 
     def accelerator(self) -> tuple[str, str]:
         if self._accel is None:
-            self._accel = accel.choose(self.config.sandbox.accelerator, self.config.sandbox.state_path)
+            self._accel = accel.choose(self.config.sandbox.accelerator, accel.cache_dir(self.config.sandbox.state_path))
         return self._accel
 
     # -- lifecycle -----------------------------------------------------------------------
