@@ -122,6 +122,30 @@ def test_disk_over_limit_pauses_the_sandbox(core, sandbox):
         strict.close()
 
 
+def test_disk_over_limit_rolls_back_to_the_last_snapshot(core, sandbox):
+    core.execute(sandbox, "echo before > /keep; sync")
+    core.create_snapshot(sandbox, "clean", memory=False)
+    strict = SandboxCore(config={**config(core.state_dir, limit_action="rollback"),
+                                 "safety": {"validation": {"enabled": False}, "limits": {"disk": "48M"}}})
+    try:
+        wait_for(strict, sandbox, lambda h: h.metrics.disk_used is not None, 10)
+        r = core.execute(sandbox, "dd if=/dev/urandom of=/fill bs=1M count=64 && sync", timeout=120)
+        assert r.exit_code == 0, r.stderr
+        name = core.get(sandbox).name
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = [r for r in core.audit_log(name) if r["operation"] == "enforce"]
+            if done:
+                break
+            time.sleep(0.5)
+        assert [(r["detail"]["action"], r["outcome"]) for r in done] == [("rollback", "ok")], done
+        assert core.get(sandbox).state is SandboxState.RUNNING
+        r = core.execute(sandbox, "cat /keep; ls /fill 2>&1")
+        assert r.stdout.startswith("before\n") and "No such file" in r.stdout
+    finally:
+        strict.close()
+
+
 def test_killed_qemu_turns_unhealthy_and_watchdog_survives_vanished_domain(core, sandbox):
     wait_for(core, sandbox, lambda h: h.status is HealthStatus.HEALTHY, 20)
     info = core.store.get_sandbox(sandbox)
