@@ -228,3 +228,17 @@ def test_missing_layer_file_is_state_corruption(core):
     with pytest.raises(StateCorruptionError, match="missing"):
         core.layer_file(info.extra["active_layer"])
     assert any("missing" in p for p in core.snapshots.verify())
+
+
+def test_gc_leaves_other_state_directories_alone(tmp_path):
+    a = fake_core(tmp_path / "a", NO_POLICY)
+    b = fake_core(tmp_path / "b", NO_POLICY)
+    b.provider = a.provider                       # one libvirtd, two state directories, one prefix
+    a.create_sandbox("mine")
+    b.create_sandbox("theirs")
+    assert a.gc() == [] and b.gc() == []
+    assert len(a.provider.list_machines("vmsbx-")) == 2
+    a.store.delete_sandbox(a.get("mine").id)      # now a's domain is a's orphan
+    removed = a.gc()
+    assert any("vmsbx-mine-" in r for r in removed)
+    assert [d for d in a.provider.list_machines("vmsbx-")] == [b.get("theirs").domain]
