@@ -287,3 +287,9 @@ def test_network_none_keeps_the_guest_in_nat_lets_it_out(core):
             srv.close()
             core.destroy(s)
     assert results == {"none": None, "nat": b"hello\n"}
+
+
+def test_domains_carry_their_state_directory(env, core, sid):
+    domain = core.get(sid).domain
+    assert domain in core.provider.list_machines(env.prefix, owner=str(core.state_dir))
+    assert domain not in core.provider.list_machines(env.prefix, owner="/somewhere/else")
