@@ -21,11 +21,10 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from . import disks
-from .exceptions import (ConfigError, NotFoundError, ProviderError, RollbackError, SandboxError,
-                         StateCorruptionError, StateError)
+from .exceptions import ConfigError, NotFoundError, ProviderError, RollbackError, SandboxError, StateError
 from .models import SandboxInfo, SandboxState
 
 if TYPE_CHECKING:

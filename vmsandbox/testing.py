@@ -132,7 +132,6 @@ class FakeBoxStore:
             d = root / n
             d.mkdir(parents=True, exist_ok=True)
             image = d / "box.img"
-            from . import disks
             if not image.exists():
                 import subprocess
                 subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(virtual_size)], check=True)

@@ -19,7 +19,7 @@ from vmsandbox.exceptions import (ConfigError, GuestUnreachableError, NotFoundEr
 from vmsandbox.models import SandboxState
 from vmsandbox.providers import accel
 
-from .conftest import BOX_DIR, Env, assert_clean, virsh_domains
+from .conftest import BOX_DIR, assert_clean, virsh_domains
 
 pytestmark = pytest.mark.timeout(600)
 

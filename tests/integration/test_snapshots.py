@@ -238,7 +238,6 @@ def test_bad_input(env, core, sb):
 def test_failed_rollback_leaves_sandbox_usable(env, core, sb):
     snap = core.create_snapshot(sb, "will-break")
     core.execute(sb, "echo still-here > /work/u")
-    import os
     row = core.store.get_snapshot(snap)
     with open(row["memory_path"], "r+b") as f:                   # corrupt the memory state
         f.write(b"garbage!")

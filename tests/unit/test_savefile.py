@@ -1,5 +1,4 @@
 """The libvirt save-image header rewrite, on a synthetic image of the real layout."""
-import struct
 from pathlib import Path
 
 import pytest

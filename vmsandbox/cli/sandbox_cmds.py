@@ -7,7 +7,6 @@ import shlex
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import click
 import yaml
