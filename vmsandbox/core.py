@@ -400,7 +400,7 @@ class SandboxCore:
         """
         if not isinstance(command, str) or not command.strip():
             raise ConfigError("the command is empty", "command")
-        info = self.get(sandbox_id)
+        info = self.store.get_sandbox(sandbox_id)     # no libvirt round trip on the hot path
         self._require(info, "execute")
         self.screen(info, command, approve)
         to = timeout if timeout is not None else self.config.ssh.command_timeout
@@ -412,6 +412,8 @@ class SandboxCore:
                                                 on_stdout=on_stdout, on_stderr=on_stderr)
         except SandboxError as exc:
             self.store.audit("execute", "error", info, command=command, error=str(exc))
+            if isinstance(exc, ProviderError):
+                self._reconcile(info)                  # record a guest that died under the command
             raise
         self.store.touch(info.id)
         self.store.audit("execute", "timeout" if result.timed_out else "ok", info, command=command,

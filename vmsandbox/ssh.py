@@ -52,8 +52,13 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # keeps a syntax error in SCRIPT after the marker and clears $1 before SCRIPT runs.
 _PGID_MARK = b"\x1evmsandbox-pgid:"
 _SESSION = """'printf "\\036vmsandbox-pgid:%s\\n" $$; eval "shift; $1"' sh"""
-_WRAPPER = (f"if command -v setsid >/dev/null; then setsid sh -c {_SESSION} {{script}}; "
-            f"else sh -c {_SESSION} {{script}}; fi; exit $?")
+# When the login shell does not lead its process group (dropbear), ``exec setsid`` needs no fork:
+# one process fewer per command (~6-9 ms under TCG). The check reads /proc/$$/stat with builtins
+# only: after "pid (comm) " the fields are state, ppid, pgrp, session.
+_WRAPPER = ("_l=; read -r _l </proc/$$/stat 2>/dev/null; set -- ${{_l##*) }}; "
+            f"if ! command -v setsid >/dev/null; then sh -c {_SESSION} {{script}}; "
+            f"elif [ -n \"$3\" ] && [ \"$3\" != \"$$\" ]; then exec setsid sh -c {_SESSION} {{script}}; "
+            f"else setsid sh -c {_SESSION} {{script}}; fi; exit $?")
 
 
 class _TransportFault(ProviderError):
