@@ -52,13 +52,12 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # keeps a syntax error in SCRIPT after the marker and clears $1 before SCRIPT runs.
 _PGID_MARK = b"\x1evmsandbox-pgid:"
 _SESSION = """'printf "\\036vmsandbox-pgid:%s\\n" $$; eval "shift; $1"' sh"""
-# When the login shell does not lead its process group (dropbear), ``exec setsid`` needs no fork:
-# one process fewer per command (~6-9 ms under TCG). The check reads /proc/$$/stat with builtins
-# only: after "pid (comm) " the fields are state, ppid, pgrp, session.
-_WRAPPER = ("_l=; read -r _l </proc/$$/stat 2>/dev/null; set -- ${{_l##*) }}; "
-            f"if ! command -v setsid >/dev/null; then sh -c {_SESSION} {{script}}; "
-            f"elif [ -n \"$3\" ] && [ \"$3\" != \"$$\" ]; then exec setsid sh -c {_SESSION} {{script}}; "
-            f"else setsid sh -c {_SESSION} {{script}}; fi; exit $?")
+_FORK_WRAPPER = (f"if command -v setsid >/dev/null; then setsid sh -c {_SESSION} {{script}}; "
+                 f"else sh -c {_SESSION} {{script}}; fi; exit $?")
+# When the login shell does not lead its process group (dropbear), setsid can replace it: one
+# process fewer per command (a fork costs ms under TCG). Probed once per connection.
+_EXEC_WRAPPER = f"exec setsid sh -c {_SESSION} {{script}}"
+_PROBE = "cat /proc/$$/stat 2>/dev/null; echo; command -v setsid >/dev/null && echo has-setsid"
 
 
 class _TransportFault(ProviderError):
@@ -86,6 +85,7 @@ class SSHSession:
         self._pkey = _load_private_key(self.key_path)
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
+        self._wrapper: str | None = None           # chosen by ``_command_wrapper`` per connection
 
     @property
     def _where(self) -> str:
@@ -146,6 +146,7 @@ class SSHSession:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        self._wrapper = None
 
     def _connect(self, banner_timeout: float, timeout: float) -> paramiko.Transport:
         """Open, verify and authenticate a new transport (caller holds the lock)."""
@@ -220,6 +221,31 @@ class SSHSession:
                 failed = transport
         raise AssertionError("unreachable")
 
+    def _command_wrapper(self) -> str:
+        """The wrapper that starts commands in their own session on this server (probed once)."""
+        if self._wrapper is None:
+            channel = self._open_channel(_PROBE)
+            try:
+                out = b""
+                while True:
+                    chunk = channel.recv(_CHUNK)
+                    if not chunk:
+                        break
+                    out += chunk
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise ProviderError(f"connection to {self._where} failed: {exc}") from exc
+            finally:
+                channel.close()
+            text = out.decode(errors="replace")
+            stat = text.split("\n", 1)[0]
+            pid, _, rest = stat.partition(" ")
+            fields = rest.rpartition(") ")[2].split()
+            leader = len(fields) < 3 or fields[2] == pid
+            self._wrapper = _FORK_WRAPPER if leader or "has-setsid" not in text else _EXEC_WRAPPER
+            log.debug("ssh %s: commands start %s", self._where,
+                      "with exec setsid" if self._wrapper is _EXEC_WRAPPER else "in a forked session")
+        return self._wrapper
+
     # ----------------------------------------------------------------- commands
 
     def execute(self, command: str, timeout: float | None = None, working_dir: str | None = None,
@@ -250,7 +276,7 @@ class SSHSession:
              on_stderr: Callable[[bytes], None], timeout: float | None) -> int | None:
         """Run ``script`` in its own session, feeding ``stdin_chunks`` then EOF while draining both
         streams. Returns the exit code, or None when ``timeout`` expired and the session was killed."""
-        channel = self._open_channel(_WRAPPER.format(script=shlex.quote(script)))
+        channel = self._open_channel(self._command_wrapper().format(script=shlex.quote(script)))
         deadline = None if timeout is None else time.monotonic() + timeout
         pgid = _PgidLine(on_stdout)
         feeder = _Feeder(channel, stdin_chunks)
