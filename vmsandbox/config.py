@@ -162,6 +162,7 @@ class RollbackSection:
     retention_days: float = 7
     compression: bool = False                    # store memory states compressed
     memory: bool = True                          # snapshots of running guests carry memory
+    guest_sync: bool = True                      # flush the guest's page cache before a disk-only snapshot
 
     def validate(self, path: str) -> None:
         if self.retention_days < 0:

@@ -133,7 +133,7 @@ class SnapshotManager:
             core.fault_point("snapshot:begun")
             try:
                 if live:
-                    if not with_memory and info.state is SandboxState.RUNNING:
+                    if not with_memory and info.state is SandboxState.RUNNING and core.config.rollback.guest_sync:
                         self._guest_sync(info)
                     core.provider.snapshot_machine(info.domain, new_path, mem_path)
                 else:

@@ -2,6 +2,7 @@
 can be told to fail. For fast unit tests only; integration tests use the real libvirt provider."""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from .exceptions import NotFoundError, ProviderError
@@ -26,7 +27,30 @@ class FakeProvider(Provider):
 
     def start_machine(self, spec: MachineSpec) -> None:
         self._call("start_machine", spec.name)
-        self.domains[spec.name] = {"spec": spec, "state": "running", "quota": spec.cpu_quota, "cpu_time_ns": 0}
+        self.domains[spec.name] = {"spec": spec, "state": "running", "quota": spec.cpu_quota, "cpu_time_ns": 0,
+                                   "disk": str(spec.disk_path)}
+
+    def snapshot_machine(self, name: str, new_overlay, memory_path) -> None:
+        """Like libvirt: a real qcow2 overlay on the current disk, and a stand-in memory file."""
+        from . import disks
+        self._call("snapshot_machine", name)
+        d = self._dom(name)
+        disks.create_overlay(new_overlay, d["disk"])
+        if memory_path is not None:
+            with open(memory_path, "wb") as f:
+                f.write(b"LibvirtQemudSave" + bytes(76))
+        d["disk"] = str(new_overlay)
+
+    def restore_machine(self, memory_path, spec: MachineSpec) -> None:
+        self._call("restore_machine", spec.name)
+        if not os.path.exists(memory_path):
+            raise ProviderError(f"no memory state {memory_path}")
+        self.domains[spec.name] = {"spec": spec, "state": "running", "quota": spec.cpu_quota, "cpu_time_ns": 0,
+                                   "disk": str(spec.disk_path)}
+
+    def machine_disk(self, name: str) -> Optional[str]:
+        d = self.domains.get(name)
+        return d["disk"] if d else None
 
     def _dom(self, name: str) -> dict:
         if name not in self.domains:
