@@ -8,14 +8,7 @@ from vmsandbox.exceptions import (ConfigError, GuestUnreachableError, NotFoundEr
 from vmsandbox.models import SandboxState
 from vmsandbox.testing import FakeSession, fake_core
 
-NO_POLICY = {"safety": {"validation": {"enabled": False}}}
-
-
-@pytest.fixture
-def core(tmp_path):
-    c = fake_core(tmp_path, NO_POLICY)
-    yield c
-    c.close()
+from .conftest import NO_POLICY
 
 
 def leftovers(core):

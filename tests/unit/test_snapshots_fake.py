@@ -7,14 +7,7 @@ import pytest
 from vmsandbox.exceptions import ConfigError, RollbackError
 from vmsandbox.testing import fake_core
 
-NO_POLICY = {"safety": {"validation": {"enabled": False}}}
-
-
-@pytest.fixture
-def core(tmp_path):
-    c = fake_core(tmp_path, NO_POLICY)
-    yield c
-    c.close()
+from .conftest import NO_POLICY
 
 
 def files(core):
