@@ -95,7 +95,7 @@ class SSHSession:
 
     def wait_ready(self, timeout: float, console_log: Path | None = None,
                    progress: Callable[[float], None] | None = None) -> float:
-        """Wait until the guest answers with an SSH banner and accepts our key.
+        """Wait until the guest answers with an SSH banner, accepts our key and runs a command.
 
         Returns the seconds waited. Raises ``GuestUnreachableError`` (with the tail of
         ``console_log``) when it does not within ``timeout``, ``SecurityError`` on a host-key
@@ -124,6 +124,7 @@ class SSHSession:
                 f"guest at {self._where} did not answer SSH within {elapsed:.1f}s (last error: {exc})"
                 + _console_tail(console_log),
                 console_log=str(console_log) if console_log else None) from exc
+        self._command_wrapper()       # ready means a command runs; also picks the wrapper off the hot path
         waited = time.monotonic() - started
         log.debug("ssh %s ready after %.2fs", self._where, waited)
         return waited
