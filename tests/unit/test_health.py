@@ -331,3 +331,16 @@ def test_thread_survives_errors_and_stops_promptly(make_core, caplog):
     assert took < core.config.monitoring.interval_seconds + 0.05
     assert not any(t.name == "vmsandbox-watchdog" for t in threading.enumerate())
     assert "watchdog round failed" in caplog.text
+
+
+def test_full_cpu_with_measurement_jitter_is_no_limit_breach(make_core):
+    core = make_core(limit_action="pause")
+    sid, info, dom = new_sandbox(core, cpu="1")
+    wd = watchdog(core)
+    wd.sample()
+    for _ in range(3):
+        h = tick(wd, dom, cpu_seconds=1.04)[sid]          # a busy 1-vCPU guest reads a little over 1.0
+    assert not [a for a in h.alerts if a.kind.startswith("limit")]
+    for _ in range(3):
+        h = tick(wd, dom, cpu_seconds=1.5)[sid]           # well over its limit: a breach
+    assert [a for a in h.alerts if a.kind.startswith("limit")]
