@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from . import disks
-from .exceptions import ConfigError, NotFoundError, ProviderError, RollbackError, SandboxError, StateError
+from .exceptions import ConfigError, ProviderError, RollbackError, SandboxError, StateError
 from .models import SandboxInfo, SandboxState
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ class SnapshotManager:
         return self.core.state_dir / "memory" / f"{snapshot_id}.save"
 
     def resolve(self, ref: str, sandbox: SandboxInfo | None = None) -> dict:
-        """A snapshot by id, by name within ``sandbox``, or as ``SANDBOX:NAME``."""
+        """A snapshot by id (from any sandbox: callers check ownership), by name within
+        ``sandbox``, or as ``SANDBOX:NAME``."""
         if sandbox is None and ":" in ref and not ref.startswith("sn-"):
             sb, _, name = ref.partition(":")
             sandbox = self.store.get_sandbox(sb)
@@ -210,10 +211,7 @@ class SnapshotManager:
         core = self.core
         info = core.get(sandbox_id)
         started = time.monotonic()
-        try:
-            row = self.resolve(snapshot_ref, info) if not snapshot_ref.startswith("sn-") else self.store.get_snapshot(snapshot_ref)
-        except NotFoundError:
-            raise
+        row = self.resolve(snapshot_ref, info)
         if row["sandbox_id"] != info.id:
             owner = self.store.find_sandbox(row["sandbox_id"])
             raise RollbackError(f"snapshot {row['name']!r} belongs to sandbox "
@@ -254,7 +252,7 @@ class SnapshotManager:
         core.fault_point("rollback:begun")
         self.store.update_sandbox(info.id, state=SandboxState.ROLLING_BACK)
         spec = core._spec(info, new_path, name=new_domain, uuid=new_uuid, ssh_port=new_port,
-                          console_log=core.console_log(info, gen), memory_bytes=_size(row["memory"]))
+                          console_log=core.console_log(info, gen))
         try:
             disks.create_overlay(new_path, Path(layer_path))
             core.fault_point("rollback:overlay")
@@ -276,7 +274,7 @@ class SnapshotManager:
             self.store.add_layer(new_layer, str(new_path), row["layer"], info.box, info.id)
             self.store.update_sandbox(info.id, domain=new_domain, ssh_port=new_port, state=SandboxState.RUNNING,
                                       reason="", extra={"active_layer": new_layer, "uuid": new_uuid,
-                                                        "generation": gen, "memory": row["memory"], "cpu": row["cpu"]})
+                                                        "generation": gen})
             self.store.release_port(new_port)
             self.store.journal_step(op, "committed")
         core.fault_point("rollback:committed")
@@ -340,8 +338,12 @@ class SnapshotManager:
             t.join(timeout)
 
     def retiring_domains(self) -> set[str]:
-        return {j["data"].get("old_domain") for j in self.store.journal_entries() if j["operation"] == "rollback"} | \
-               {j["data"].get("new_domain") for j in self.store.journal_entries() if j["operation"] in ("rollback", "clone")}
+        """Domains that operations in flight are starting or retiring."""
+        out = set()
+        for j in self.store.journal_entries():
+            if j["operation"] in ("rollback", "clone"):
+                out |= {j["data"].get("old_domain"), j["data"].get("new_domain")}
+        return out - {None}
 
     def _notify(self, event: RollbackEvent) -> None:
         for cb in list(self.listeners):
@@ -388,7 +390,7 @@ class SnapshotManager:
     # -- delete, retention, collection -----------------------------------------------------
     def delete(self, sandbox_id: str, snapshot_ref: str) -> None:
         info = self.core.get(sandbox_id)
-        row = self.resolve(snapshot_ref, info) if not snapshot_ref.startswith("sn-") else self.store.get_snapshot(snapshot_ref)
+        row = self.resolve(snapshot_ref, info)
         if row["sandbox_id"] != info.id:
             raise ConfigError(f"snapshot {row['name']!r} does not belong to sandbox {info.name!r}", "snapshot")
         with self._snapshot_lock(row["id"], blocking=False):
@@ -576,11 +578,6 @@ class SnapshotManager:
                 if str(f) not in known and not str(f).endswith(".restore"):
                     out.append(f)
         return out
-
-
-def _size(text: str) -> int:
-    from .config import parse_size
-    return parse_size(text)
 
 
 def _alive(pid: int) -> bool:
