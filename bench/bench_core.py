@@ -37,7 +37,7 @@ import paramiko  # noqa: E402
 from vmsandbox import SandboxCore  # noqa: E402
 from vmsandbox.boxes import Box, BoxStore  # noqa: E402
 from vmsandbox.providers.base import MachineSpec  # noqa: E402
-from vmsandbox.providers.libvirt_xml import domain_xml  # noqa: E402
+from vmsandbox.providers.libvirt.domain_xml import domain_xml  # noqa: E402
 
 URI = "qemu:///system"
 BOX_DIR = os.environ.get("VMSANDBOX_TEST_BOX_DIR", "/var/lib/vmsandbox/boxes")
@@ -155,7 +155,7 @@ def raw_exec(client: paramiko.SSHClient, command: str = "true") -> int:
 
 class DirectGuest:
     """One guest of the tiny box, driven only through libvirt-python, qemu-img and paramiko,
-    with the XML ``vmsandbox.providers.libvirt_xml.domain_xml`` makes."""
+    with the XML ``vmsandbox.providers.libvirt.domain_xml.domain_xml`` makes."""
 
     def __init__(self, env: BenchEnv, name: str, disk: Path | None = None) -> None:
         self.env = env

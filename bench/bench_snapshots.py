@@ -59,7 +59,7 @@ def vmsandbox_phase(env: BenchEnv, runs: int, s: dict[str, list[float]]) -> dict
         t, mem_snap = timed(lambda: core.create_snapshot(sid, f"mem{i}", memory=True))
         s["memory_snapshot"].append(t)
         s["memory_snapshot_provider"].append(provider_calls[-1])
-        memory_sizes.append(os.path.getsize(core.store.get_snapshot(mem_snap)["memory_path"]))
+        memory_sizes.append(os.path.getsize(core.store.get_snapshot(mem_snap).memory_ref))
         # a change after the snapshot, which the rollback must undo (checked below, untimed)
         assert core.execute(sid, f"touch /tmp/after{i} /root/after{i}").exit_code == 0
 

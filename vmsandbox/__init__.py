@@ -6,13 +6,14 @@ Public API: ``SandboxCore`` / ``AsyncSandboxCore`` (lifecycle, execute), ``Execu
 ``vmsandbox.safety`` (``SafetyValidator``); the watchdog's types in ``vmsandbox.health``.
 """
 from .config import Config, load_config
-from .core import AsyncSandboxCore, SandboxCore
+from .async_core import AsyncSandboxCore
+from .core import SandboxCore
 from .exceptions import (CommandTimeout, ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
                          ResourceLimitError, RollbackError, SandboxError, SecurityError, StateCorruptionError,
                          StateError)
-from .models import ExecutionResult, SandboxInfo, SandboxState
+from .models import ExecutionResult, SandboxInfo, SandboxState, Snapshot
 from .rollback import RollbackManager, RollbackPoint
-from .snapshots import RollbackEvent, Snapshot
+from .snapshots import RollbackEvent
 from .state import StateManager
 
 __version__ = "0.1.0"

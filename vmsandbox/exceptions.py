@@ -7,7 +7,9 @@
      ├─ SecurityError                 command blocked by policy, or approval needed
      ├─ ResourceLimitError            sandbox paused/stopped for a breached limit
      ├─ ProviderError                 the VM layer (libvirt, QEMU, Vagrant) failed
-     │   └─ GuestUnreachableError     the guest never answered SSH (points to the console log)
+     │   ├─ GuestUnreachableError     the guest never answered SSH (points to the console log)
+     │   └─ ProviderUnavailableError  the VM layer's daemon (libvirtd, dockerd) cannot be reached:
+     │                                nothing was changed; retry when it is back
      ├─ CommandTimeout                a command ran past its timeout (carries the partial result)
      ├─ RollbackError                 a rollback failed
      └─ StateCorruptionError          database and disks disagree beyond repair
@@ -59,6 +61,10 @@ class ResourceLimitError(SandboxError):
 
 class ProviderError(SandboxError):
     """The VM layer failed (libvirt, QEMU, Vagrant, qemu-img)."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """The VM layer's daemon cannot be reached; the operation changed nothing."""
 
 
 class GuestUnreachableError(ProviderError):

@@ -1,10 +1,15 @@
-"""Value types shared across modules: sandbox lifecycle states and their transitions, records,
-and the result of a command. Frozen dataclasses; no behaviour beyond small derived properties."""
+"""Value types shared across modules: sandbox lifecycle states and their transitions, the typed
+records of the state store (sandboxes, layers, snapshots) and the result of a command.
+
+Frozen dataclasses with no behaviour beyond small derived properties; every record round-trips
+through plain JSON (``to_dict``/``from_dict``), so it can cross a process or a host.
+"""
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 
 class SandboxState(str, enum.Enum):
@@ -33,20 +38,44 @@ ALLOWED: dict[str, frozenset] = {
     "pause": frozenset({S.RUNNING}),
     "resume": frozenset({S.PAUSED}),
     "throttle": frozenset({S.RUNNING, S.PAUSED}),
+    "unthrottle": frozenset({S.RUNNING, S.PAUSED}),
     "emergency_shutdown": frozenset({S.RUNNING, S.PAUSED, S.STOPPED, S.BROKEN, S.ROLLING_BACK, S.CREATING}),
     "destroy": frozenset(set(S)),
 }
 
 
+class _Record:
+    """JSON round trip for the frozen record dataclasses below."""
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.value if isinstance(v, enum.Enum) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclass(frozen=True)
-class ExecutionResult:
-    """What a command did. ``exit_code`` is None when it was killed by the timeout."""
+class ExecutionResult(_Record):
+    """What a command did. ``exit_code`` is None when it was killed by the timeout.
+
+    ``assessment`` is the policy's verdict on the command (``RiskAssessment.to_dict()``), when the
+    policy ran."""
     stdout: str
     stderr: str
     exit_code: Optional[int]
     duration: float
     timed_out: bool = False
     truncated: bool = False
+    command: str = ""
+    sandbox: str = ""               # the sandbox's name
+    started_at: float = 0.0         # wall clock (time.time())
+    assessment: Optional[dict] = None
 
     @property
     def succeeded(self) -> bool:
@@ -54,14 +83,15 @@ class ExecutionResult:
 
 
 @dataclass(frozen=True)
-class SandboxInfo:
-    """A sandbox as recorded in the state store."""
+class SandboxInfo(_Record):
+    """A sandbox as recorded in the state store. Names are unique per state directory;
+    ``host`` says which machine's state directory holds it (``ref`` = host/name)."""
     id: str
     name: str
     state: SandboxState
     box: str
-    domain: str
-    ssh_port: int
+    domain: str                     # the provider's machine name (a libvirt domain, a container...)
+    ssh_port: int                   # 127.0.0.1 port forwarded to the guest's SSH (VM providers)
     cpu: str
     memory: str
     disk: str
@@ -69,10 +99,60 @@ class SandboxInfo:
     persistent: bool
     created_at: float
     last_used_at: float
-    reason: str = ""            # why it is paused/stopped/broken, when it is
-    extra: dict = field(default_factory=dict)
+    reason: str = ""                # why it is paused/stopped/broken, when it is
+    provider: str = "libvirt"
+    host: str = ""
+    uuid: str = ""
+    mac: str = ""
+    active_layer: str = ""          # the layer the machine writes to
+    generation: int = 0             # bumped by each rollback (new machine name, console log)
+    ttl_seconds: float = 3600.0
+    host_key: str = ""              # pinned SSH host key learnt on first use ("" = the box's)
+    throttled: Optional[float] = None
+    cloned_from: str = ""           # snapshot id
+    labels: dict = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.host}/{self.name}" if self.host else self.name
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SandboxInfo":
+        data = dict(data)
+        data["state"] = SandboxState(data["state"])
+        return super().from_dict(data)
+
+
+@dataclass(frozen=True)
+class Layer(_Record):
+    """One node of the layer tree. ``ref`` is the provider's own reference (a qcow2 path for
+    libvirt); parent None: the layer stands on its box. A frozen layer never changes."""
+    id: str
+    ref: str
+    parent: Optional[str]
+    box: str
+    owner: str                      # sandbox that wrote it
+    frozen: bool
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Snapshot(_Record):
+    """A snapshot: a frozen layer plus, optionally, the guest's memory (``memory_ref``, the
+    provider's reference to its saved state)."""
+    id: str
+    name: str
+    sandbox_id: str
+    layer: str
+    memory_ref: Optional[str]
+    cpu: str
+    memory: str
+    created_at: float
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def has_memory(self) -> bool:
+        return bool(self.memory_ref)
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["state"] = self.state.value
-        return d
+        return {**super().to_dict(), "has_memory": self.has_memory}

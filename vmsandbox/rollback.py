@@ -28,7 +28,6 @@ class RollbackManager:
         self.core = state_manager.core
         self._callbacks: list[Callable[[RollbackEvent], None]] = []
         self.core.on_rollback(self._dispatch)
-        self._notify_next = True
 
     def add_callback(self, callback: Callable[[RollbackEvent], None]) -> None:
         """``callback(RollbackEvent)`` runs after every rollback made with ``notify`` on."""
@@ -57,20 +56,16 @@ class RollbackManager:
         if unknown:
             raise ConfigError(f"unknown rollback option (known: {', '.join(sorted(ROLLBACK_OPTIONS))})",
                               f"options.{sorted(unknown)[0]}")
-        self._notify_next = bool(opts.get("notify", True))
-        try:
-            return self.core.rollback(sandbox_id, point_id, preserve_logs=bool(opts.get("preserve_logs", True)))
-        finally:
-            self._notify_next = True
+        return self.core.rollback(sandbox_id, point_id, preserve_logs=bool(opts.get("preserve_logs", True)),
+                                  notify=bool(opts.get("notify", True)))
 
     def cleanup_old_points(self, days: Optional[float] = None) -> int:
         """Delete points older than ``days`` (default ``rollback.retention_days``) the safe way."""
         days = self.core.config.rollback.retention_days if days is None else days
         if days < 0:
             raise ConfigError(f"{days!r} must be 0 or more", "days")
-        return len(self.core.snapshots.cleanup_older_than(days) if days else [])
+        return len(self.core.cleanup_snapshots(days) if days else [])
 
     def _dispatch(self, event: RollbackEvent) -> None:
-        if self._notify_next:
-            for cb in list(self._callbacks):
-                cb(event)
+        for cb in list(self._callbacks):
+            cb(event)

@@ -11,7 +11,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from .core import SandboxCore
-from .snapshots import Snapshot
+from .models import Snapshot
 
 
 class StateManager:

@@ -1,12 +1,15 @@
 """The state store: one SQLite database (WAL) under ``sandbox.state_directory``.
 
-Owns the records that are the truth about sandboxes (and, later, their disk layers and
-snapshots) plus the audit log of every operation. Safe across threads (one connection per
+Owns the records that are the truth about sandboxes, their layer tree and snapshots, the
+journal of operations in flight, and the audit log of every operation; returns them as the
+typed records of ``models``. The schema is versioned (``PRAGMA user_version``) and older state
+directories are upgraded in place when opened. Safe across threads (one connection per
 thread) and processes (SQLite locking; ``BEGIN IMMEDIATE`` for read-modify-write such as
 port reservation). Nothing else in vmsandbox issues SQL.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,9 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .exceptions import NotFoundError, SandboxError, StateCorruptionError
-from .models import SandboxInfo, SandboxState
+from .models import Layer, SandboxInfo, SandboxState, Snapshot
 
 audit_log = logging.getLogger("vmsandbox.audit")
+
+#: the schema version this code writes (``PRAGMA user_version``); ``MIGRATIONS`` bring older ones here
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -37,7 +43,17 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     created_at REAL NOT NULL,
     last_used_at REAL NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
-    extra TEXT NOT NULL DEFAULT '{}'
+    provider TEXT NOT NULL DEFAULT 'libvirt',
+    host TEXT NOT NULL DEFAULT '',
+    uuid TEXT NOT NULL DEFAULT '',
+    mac TEXT NOT NULL DEFAULT '',
+    active_layer TEXT NOT NULL DEFAULT '',
+    generation INTEGER NOT NULL DEFAULT 0,
+    ttl_seconds REAL NOT NULL DEFAULT 3600,
+    host_key TEXT NOT NULL DEFAULT '',
+    throttled REAL,
+    cloned_from TEXT NOT NULL DEFAULT '',
+    labels TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,10 +65,11 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_sandbox ON audit(sandbox_name, seq);
--- The qcow2 layer tree. parent NULL: the layer stands on its box image. A frozen layer never changes.
+-- The layer tree. parent NULL: the layer stands on its box image. A frozen layer never changes.
+-- ref: the provider's own reference to the layer (a qcow2 path for libvirt).
 CREATE TABLE IF NOT EXISTS layers (
     id TEXT PRIMARY KEY,
-    path TEXT NOT NULL UNIQUE,
+    ref TEXT NOT NULL UNIQUE,
     parent TEXT REFERENCES layers(id),
     box TEXT NOT NULL,
     owner TEXT NOT NULL,              -- sandbox that wrote it
@@ -64,7 +81,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     sandbox_id TEXT NOT NULL,
     name TEXT NOT NULL,
     layer TEXT NOT NULL REFERENCES layers(id),
-    memory_path TEXT,                 -- libvirt save image (maybe .zst); NULL: disk only
+    memory_ref TEXT,                  -- the provider's saved memory state; NULL: disk only
     cpu TEXT NOT NULL, memory TEXT NOT NULL,
     created_at REAL NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
@@ -88,47 +105,78 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
-_SANDBOX_COLS = ("id", "name", "state", "box", "domain", "ssh_port", "cpu", "memory", "disk",
-                 "network_mode", "persistent", "created_at", "last_used_at", "reason", "extra")
+_V1_COLUMNS = (("provider", "TEXT NOT NULL DEFAULT 'libvirt'", "'libvirt'"),
+               ("host", "TEXT NOT NULL DEFAULT ''", "''"),
+               ("uuid", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.uuid')"),
+               ("mac", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.mac')"),
+               ("active_layer", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.active_layer')"),
+               ("generation", "INTEGER NOT NULL DEFAULT 0", "json_extract(extra, '$.generation')"),
+               ("ttl_seconds", "REAL NOT NULL DEFAULT 3600", "json_extract(extra, '$.ttl_seconds')"),
+               ("host_key", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.host_key')"),
+               ("throttled", "REAL", "json_extract(extra, '$.throttled')"),
+               ("cloned_from", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.cloned_from')"),
+               ("labels", "TEXT NOT NULL DEFAULT '{}'", "'{}'"))
+
+
+def _migrate_0_to_1(db: sqlite3.Connection) -> None:
+    """Version 0 (the first release) kept per-sandbox fields in an ``extra`` JSON column and
+    called layer and memory references paths: columns of their own, provider-neutral names."""
+    for col, decl, value in _V1_COLUMNS:
+        db.execute(f"ALTER TABLE sandboxes ADD COLUMN {col} {decl}")
+        db.execute(f"UPDATE sandboxes SET {col} = COALESCE({value}, {col})")
+    db.execute("ALTER TABLE sandboxes DROP COLUMN extra")
+    db.execute("ALTER TABLE layers RENAME COLUMN path TO ref")
+    db.execute("ALTER TABLE snapshots RENAME COLUMN memory_path TO memory_ref")
+
+
+#: version -> the step that upgrades a database of that version by one
+MIGRATIONS = {0: _migrate_0_to_1}
+
+_SANDBOX_COLS = tuple(f.name for f in dataclasses.fields(SandboxInfo))
 
 
 class TreeStore:
     """Mixin: the layer tree, snapshots and the operation journal."""
 
     # layers
-    def add_layer(self, id: str, path: str, parent: str | None, box: str, owner: str, frozen: bool = False) -> None:
+    def add_layer(self, id: str, ref: str, parent: str | None, box: str, owner: str, frozen: bool = False) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO layers (id, path, parent, box, owner, frozen, created_at) VALUES (?,?,?,?,?,?,?)",
-                       (id, path, parent, box, owner, int(frozen), time.time()))
+            db.execute("INSERT INTO layers (id, ref, parent, box, owner, frozen, created_at) VALUES (?,?,?,?,?,?,?)",
+                       (id, ref, parent, box, owner, int(frozen), time.time()))
 
-    def get_layer(self, id: str) -> dict:
-        row = self._db().execute("SELECT * FROM layers WHERE id=?", (id,)).fetchone()
+    def get_layer(self, id: str) -> Layer:
+        row = self.find_layer(id)
         if row is None:
             raise StateCorruptionError(f"layer {id} is referenced but has no record")
-        return dict(row)
+        return row
 
-    def find_layer(self, id: str) -> Optional[dict]:
+    def find_layer(self, id: str) -> Optional[Layer]:
         row = self._db().execute("SELECT * FROM layers WHERE id=?", (id,)).fetchone()
-        return dict(row) if row else None
+        return _layer(row) if row else None
 
-    def list_layers(self) -> list[dict]:
-        return [dict(r) for r in self._db().execute("SELECT * FROM layers ORDER BY created_at")]
+    def list_layers(self) -> list[Layer]:
+        return [_layer(r) for r in self._db().execute("SELECT * FROM layers ORDER BY created_at")]
 
-    def update_layer_parent(self, id: str, parent: str | None) -> None:
+    def update_layer(self, id: str, **fields: Any) -> None:
+        """Change ``parent``, ``ref`` or ``frozen`` of one layer."""
+        bad = set(fields) - {"parent", "ref", "frozen"}
+        if bad:
+            raise ValueError(f"unknown layer fields {bad}")
+        if "frozen" in fields:
+            fields["frozen"] = int(fields["frozen"])
         with self.transaction() as db:
-            db.execute("UPDATE layers SET parent=? WHERE id=?", (parent, id))
+            db.execute(f"UPDATE layers SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), id))
 
     def freeze_layer(self, id: str) -> None:
-        with self.transaction() as db:
-            db.execute("UPDATE layers SET frozen=1 WHERE id=?", (id,))
+        self.update_layer(id, frozen=True)
 
     def delete_layer(self, id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM layers WHERE id=?", (id,))
 
-    def collectable_layers(self) -> list[dict]:
+    def collectable_layers(self) -> list[Layer]:
         """Frozen layers nothing stands on: no child layer, no snapshot."""
-        return [dict(r) for r in self._db().execute(
+        return [_layer(r) for r in self._db().execute(
             "SELECT * FROM layers l WHERE frozen=1 AND NOT EXISTS (SELECT 1 FROM layers c WHERE c.parent=l.id) "
             "AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.layer=l.id)")]
 
@@ -138,14 +186,14 @@ class TreeStore:
                 "snapshots": [r[0] for r in db.execute("SELECT name FROM snapshots WHERE layer=?", (id,))]}
 
     # snapshots
-    def add_snapshot(self, id: str, sandbox_id: str, name: str, layer: str, memory_path: str | None,
+    def add_snapshot(self, id: str, sandbox_id: str, name: str, layer: str, memory_ref: str | None,
                      cpu: str, memory: str, metadata: dict) -> None:
         with self.transaction() as db:
-            db.execute("INSERT INTO snapshots (id, sandbox_id, name, layer, memory_path, cpu, memory, created_at, metadata)"
+            db.execute("INSERT INTO snapshots (id, sandbox_id, name, layer, memory_ref, cpu, memory, created_at, metadata)"
                        " VALUES (?,?,?,?,?,?,?,?,?)",
-                       (id, sandbox_id, name, layer, memory_path, cpu, memory, time.time(), json.dumps(metadata)))
+                       (id, sandbox_id, name, layer, memory_ref, cpu, memory, time.time(), json.dumps(metadata)))
 
-    def get_snapshot(self, ref: str, sandbox_id: str | None = None) -> dict:
+    def get_snapshot(self, ref: str, sandbox_id: str | None = None) -> Snapshot:
         """By id, or by name within ``sandbox_id``. Raises NotFoundError."""
         db = self._db()
         row = db.execute("SELECT * FROM snapshots WHERE id=?", (ref,)).fetchone()
@@ -154,17 +202,20 @@ class TreeStore:
         if row is None:
             raise NotFoundError(f"no snapshot {ref!r}" + (" in this sandbox" if sandbox_id else "")
                                 + " (see `vmsandbox snapshot list NAME`)")
-        return _snapshot_row(row)
+        return _snapshot(row)
 
-    def find_snapshot(self, id: str) -> Optional[dict]:
+    def find_snapshot(self, id: str) -> Optional[Snapshot]:
         row = self._db().execute("SELECT * FROM snapshots WHERE id=?", (id,)).fetchone()
-        return _snapshot_row(row) if row else None
+        return _snapshot(row) if row else None
 
-    def list_snapshots(self, sandbox_id: str | None = None) -> list[dict]:
+    def list_snapshots(self, sandbox_id: str | None = None) -> list[Snapshot]:
         q = "SELECT * FROM snapshots" + (" WHERE sandbox_id=?" if sandbox_id else "") + " ORDER BY created_at"
-        return [_snapshot_row(r) for r in self._db().execute(q, (sandbox_id,) if sandbox_id else ())]
+        return [_snapshot(r) for r in self._db().execute(q, (sandbox_id,) if sandbox_id else ())]
 
     def update_snapshot(self, id: str, **fields: Any) -> None:
+        bad = set(fields) - {"memory_ref", "metadata", "created_at"}
+        if bad:
+            raise ValueError(f"unknown snapshot fields {bad}")
         if "metadata" in fields:
             fields["metadata"] = json.dumps(fields["metadata"])
         with self.transaction() as db:
@@ -195,10 +246,16 @@ class TreeStore:
                 for r in self._db().execute("SELECT * FROM journal ORDER BY started_at")]
 
 
-def _snapshot_row(row: sqlite3.Row) -> dict:
+def _snapshot(row: sqlite3.Row) -> Snapshot:
     d = dict(row)
     d["metadata"] = json.loads(d["metadata"])
-    return d
+    return Snapshot(**d)
+
+
+def _layer(row: sqlite3.Row) -> Layer:
+    d = dict(row)
+    d["frozen"] = bool(d["frozen"])
+    return Layer(**d)
 
 
 class Store(TreeStore):
@@ -210,7 +267,25 @@ class Store(TreeStore):
         self.path.touch(mode=0o600, exist_ok=True)      # the audit log holds command lines
         os.chmod(self.path, 0o600)
         self._local = threading.local()
-        self._db().executescript(SCHEMA)   # idempotent; executescript manages its own commit
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Create the schema in a new database, or upgrade an older one in place, one version at a
+        time, each step in one transaction under the write lock (safe against a second process)."""
+        db = self._db()
+        with self.transaction(immediate=True):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name='sandboxes'").fetchone() is None
+            if version > SCHEMA_VERSION:
+                raise StateCorruptionError(f"state database {self.path} is version {version}, newer than this "
+                                           f"vmsandbox understands ({SCHEMA_VERSION}); upgrade vmsandbox")
+            if not fresh:
+                while version < SCHEMA_VERSION:
+                    MIGRATIONS[version](db)
+                    version += 1
+            for stmt in _statements(SCHEMA):
+                db.execute(stmt)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- connections -----------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection:
@@ -250,24 +325,22 @@ class Store(TreeStore):
             self._local.db = None
 
     # -- sandboxes -------------------------------------------------------------------------
-    def reserve_sandbox(self, *, id: str, name: str, box: str, domain: str, cpu: str, memory: str,
-                        disk: str, network_mode: str, persistent: bool,
-                        port_range: tuple[int, int], extra: dict | None = None) -> SandboxInfo:
-        """Insert a CREATING record with a free SSH port, atomically across processes.
+    def reserve_sandbox(self, record: SandboxInfo, port_range: tuple[int, int]) -> SandboxInfo:
+        """Insert ``record`` (state CREATING) with a free SSH port, atomically across processes.
 
         A port is free when no record holds it and nothing on 127.0.0.1 listens on it.
         Raises SandboxError if the name is taken or the range is exhausted.
         """
         now = time.time()
         with self.transaction(immediate=True) as db:
-            if db.execute("SELECT 1 FROM sandboxes WHERE name=?", (name,)).fetchone():
-                raise SandboxError(f"a sandbox named {name!r} already exists")
-            port = _pick_port(port_range, self._used_ports(db), seed=hash(id))
-            db.execute(
-                f"INSERT INTO sandboxes ({', '.join(_SANDBOX_COLS)}) VALUES ({', '.join('?' * len(_SANDBOX_COLS))})",
-                (id, name, SandboxState.CREATING.value, box, domain, port, cpu, memory, disk,
-                 network_mode, int(persistent), now, now, "", json.dumps(extra or {})))
-        return self.get_sandbox(id)
+            if db.execute("SELECT 1 FROM sandboxes WHERE name=?", (record.name,)).fetchone():
+                raise SandboxError(f"a sandbox named {record.name!r} already exists")
+            port = _pick_port(port_range, self._used_ports(db), seed=hash(record.id))
+            row = _to_row(dataclasses.replace(record, ssh_port=port, state=SandboxState.CREATING,
+                                              created_at=now, last_used_at=now))
+            db.execute(f"INSERT INTO sandboxes ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                       tuple(row.values()))
+        return self.get_sandbox(record.id)
 
     @staticmethod
     def _used_ports(db: sqlite3.Connection) -> set[int]:
@@ -303,23 +376,15 @@ class Store(TreeStore):
         return [_row_to_info(r) for r in self._db().execute("SELECT * FROM sandboxes ORDER BY created_at")]
 
     def update_sandbox(self, id: str, **fields: Any) -> SandboxInfo:
-        """Change columns of one record; ``state`` may be a SandboxState, ``extra`` a dict (merged)."""
+        """Change columns of one record (any ``SandboxInfo`` field but ``id``)."""
         if not fields:
             return self.get_sandbox(id)
+        bad = set(fields) - set(_SANDBOX_COLS) | ({"id"} & set(fields))
+        if bad:
+            raise ValueError(f"unknown sandbox fields {bad}")
+        row = _to_row(fields)
         with self.transaction(immediate=True) as db:
-            if "extra" in fields:
-                row = db.execute("SELECT extra FROM sandboxes WHERE id=?", (id,)).fetchone()
-                merged = {**json.loads(row["extra"]), **fields["extra"]} if row else fields["extra"]
-                fields["extra"] = json.dumps(merged)
-            if isinstance(fields.get("state"), SandboxState):
-                fields["state"] = fields["state"].value
-            if "persistent" in fields:
-                fields["persistent"] = int(fields["persistent"])
-            bad = set(fields) - set(_SANDBOX_COLS)
-            if bad:
-                raise ValueError(f"unknown sandbox fields {bad}")
-            sets = ", ".join(f"{k}=?" for k in fields)
-            cur = db.execute(f"UPDATE sandboxes SET {sets} WHERE id=?", (*fields.values(), id))
+            cur = db.execute(f"UPDATE sandboxes SET {', '.join(f'{k}=?' for k in row)} WHERE id=?", (*row.values(), id))
             if cur.rowcount == 0:
                 raise NotFoundError(f"no sandbox {id!r}")
         return self.get_sandbox(id)
@@ -364,12 +429,35 @@ class Store(TreeStore):
                 for r in reversed(rows)]
 
 
+def _statements(script: str) -> list[str]:
+    """The complete SQL statements of ``script`` (``executescript`` would commit mid-transaction)."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current)
+            current = ""
+    return out
+
+
 def _row_to_info(row: sqlite3.Row) -> SandboxInfo:
-    return SandboxInfo(id=row["id"], name=row["name"], state=SandboxState(row["state"]), box=row["box"],
-                       domain=row["domain"], ssh_port=row["ssh_port"], cpu=row["cpu"], memory=row["memory"],
-                       disk=row["disk"], network_mode=row["network_mode"], persistent=bool(row["persistent"]),
-                       created_at=row["created_at"], last_used_at=row["last_used_at"], reason=row["reason"],
-                       extra=json.loads(row["extra"]))
+    d = dict(row)
+    d["state"] = SandboxState(d["state"])
+    d["persistent"] = bool(d["persistent"])
+    d["labels"] = json.loads(d["labels"])
+    return SandboxInfo(**d)
+
+
+def _to_row(fields: Any) -> dict:
+    """A record (or some of its fields) as column values."""
+    d = dataclasses.asdict(fields) if isinstance(fields, SandboxInfo) else dict(fields)
+    if isinstance(d.get("state"), SandboxState):
+        d["state"] = d["state"].value
+    if "persistent" in d:
+        d["persistent"] = int(d["persistent"])
+    if "labels" in d:
+        d["labels"] = json.dumps(d["labels"])
+    return d
 
 
 def _pick_port(port_range: tuple[int, int], used: set[int], seed: int) -> int:

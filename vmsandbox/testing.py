@@ -1,111 +1,14 @@
-"""Test doubles users can use too: ``FakeProvider``, an in-memory VM layer that records calls and
-can be told to fail. For fast unit tests only; integration tests use the real libvirt provider."""
+"""Test doubles users can use too: ``FakeProvider`` (the ``fake`` provider: machines in memory,
+calls recorded, faults on demand), ``FakeSession`` and ``FakeSessionPool`` (commands answered
+from a table), ``FakeBoxStore``, and ``fake_core`` that wires them into a real ``SandboxCore``
+through its constructor. For fast unit tests only; integration tests use the real providers."""
 from __future__ import annotations
 
-import os
-from typing import Optional
+from typing import Any
 
-from .exceptions import NotFoundError, ProviderError
-from .providers.base import DomainStats, MachineSpec, Provider, ProviderCheck
+from .providers.fake import FakeProvider
 
-
-class FakeProvider(Provider):
-    """Keeps domains in a dict. ``fail_on = {"start_machine": ProviderError("boom")}`` injects faults."""
-
-    name = "fake"
-
-    def __init__(self, config=None) -> None:
-        self.config = config
-        self.domains: dict[str, dict] = {}
-        self.calls: list[tuple] = []
-        self.fail_on: dict[str, Exception] = {}
-
-    def _call(self, op: str, *args) -> None:
-        self.calls.append((op, *args))
-        if op in self.fail_on:
-            raise self.fail_on[op]
-
-    def start_machine(self, spec: MachineSpec) -> None:
-        self._call("start_machine", spec.name)
-        self.domains[spec.name] = {"spec": spec, "state": "running", "quota": spec.cpu_quota, "cpu_time_ns": 0,
-                                   "disk": str(spec.disk_path)}
-
-    def snapshot_machine(self, name: str, new_overlay, memory_path) -> None:
-        """Like libvirt: a real qcow2 overlay on the current disk, and a stand-in memory file."""
-        from . import disks
-        self._call("snapshot_machine", name)
-        d = self._dom(name)
-        disks.create_overlay(new_overlay, d["disk"])
-        if memory_path is not None:
-            with open(memory_path, "wb") as f:
-                f.write(b"LibvirtQemudSave" + bytes(76))
-        d["disk"] = str(new_overlay)
-
-    def restore_machine(self, memory_path, spec: MachineSpec) -> None:
-        self._call("restore_machine", spec.name)
-        if not os.path.exists(memory_path):
-            raise ProviderError(f"no memory state {memory_path}")
-        self.domains[spec.name] = {"spec": spec, "state": "running", "quota": spec.cpu_quota, "cpu_time_ns": 0,
-                                   "disk": str(spec.disk_path)}
-
-    def machine_disk(self, name: str) -> Optional[str]:
-        d = self.domains.get(name)
-        return d["disk"] if d else None
-
-    def _dom(self, name: str) -> dict:
-        if name not in self.domains:
-            raise ProviderError(f"no domain {name}")
-        return self.domains[name]
-
-    def destroy_machine(self, name: str) -> None:
-        self._call("destroy_machine", name)
-        self.domains.pop(name, None)
-
-    def shutdown_machine(self, name: str, timeout: float) -> None:
-        self._call("shutdown_machine", name)
-        self._dom(name)["state"] = "shutoff"
-
-    def kill_machine(self, name: str) -> None:
-        self._call("kill_machine", name)
-        self._dom(name)["state"] = "shutoff"
-
-    def boot_machine(self, name: str) -> None:
-        self._call("boot_machine", name)
-        self._dom(name)["state"] = "running"
-
-    def pause_machine(self, name: str) -> None:
-        self._call("pause_machine", name)
-        self._dom(name)["state"] = "paused"
-
-    def resume_machine(self, name: str) -> None:
-        self._call("resume_machine", name)
-        self._dom(name)["state"] = "running"
-
-    def set_cpu_quota(self, name: str, fraction: Optional[float]) -> None:
-        self._call("set_cpu_quota", name, fraction)
-        self._dom(name)["quota"] = fraction
-
-    def machine_state(self, name: str) -> Optional[str]:
-        d = self.domains.get(name)
-        return d["state"] if d else None
-
-    def list_machines(self, prefix: str, owner: Optional[str] = None) -> list[str]:
-        return sorted(n for n, d in self.domains.items() if n.startswith(prefix)
-                      and (owner is None or d["spec"].owner == owner))
-
-    def machine_stats(self, name: str) -> DomainStats:
-        """Reads ``cpu_time_ns``, ``memory_used``, ``disk_allocation`` of ``domains[name]`` (tests set them)."""
-        self._call("machine_stats", name)
-        if name not in self.domains:
-            raise NotFoundError(f"sampling {name}: no such domain")
-        d = self.domains[name]
-        spec: MachineSpec = d["spec"]
-        return DomainStats(state=d["state"], cpu_time_ns=d["cpu_time_ns"], vcpus=spec.vcpus,
-                           memory_total=spec.memory_bytes, memory_used=d.get("memory_used", 0),
-                           disk_allocation=d.get("disk_allocation", 0), disk_capacity=None)
-
-    def checks(self) -> list[ProviderCheck]:
-        return [ProviderCheck("fake provider", True, "in-memory")]
+__all__ = ["FakeProvider", "FakeSession", "FakeSessionPool", "FakeBoxStore", "fake_core"]
 
 
 class FakeSession:
@@ -174,21 +77,64 @@ class FakeBoxStore:
         return list(self.boxes.values())
 
 
-def fake_core(state_dir, config: dict | None = None, sessions: dict | None = None):
-    """A SandboxCore on FakeProvider, FakeBoxStore and FakeSession: no VM, no SSH (unit tests)."""
+class FakeSessionPool:
+    """Stands in for ``vmsandbox.sessions.SessionPool``: one ``FakeSession`` per sandbox and port,
+    made by ``factory(info)`` (tests replace it to make sessions that fail)."""
+
+    def __init__(self, sessions: dict | None = None) -> None:
+        self.sessions: dict = {} if sessions is None else sessions
+        self.factory = lambda info: FakeSession(info.ssh_port)
+
+    def get(self, info) -> FakeSession:
+        s = self.sessions.get(info.id)
+        if s is None or s.port != info.ssh_port:
+            s = self.sessions[info.id] = self.factory(info)
+        return s
+
+    def endpoint(self, info) -> Any:
+        from .providers import Endpoint
+        return Endpoint("127.0.0.1", info.ssh_port, "root", "/dev/null", info.host_key or None)
+
+    def wait_ready(self, info, console_log=None, progress=None) -> float:
+        return self.get(info).wait_ready(0, console_log, progress)
+
+    def drop(self, sandbox_id: str) -> None:
+        s = self.sessions.get(sandbox_id)
+        if s is not None:
+            s.close()
+
+    def close(self) -> None:
+        for s in self.sessions.values():
+            s.close()
+
+
+def fake_core(state_dir, config: dict | None = None, sessions: dict | None = None, machines: dict | None = None):
+    """A SandboxCore on FakeProvider, FakeBoxStore and FakeSessionPool: no VM, no SSH (unit tests).
+    ``core.fake_sessions`` maps sandbox ids to their FakeSession; pass another core's
+    ``provider.domains`` as ``machines`` for two state directories on one machine layer."""
     from .core import SandboxCore
     cfg = {"sandbox": {"state_directory": str(state_dir), "provider": "fake"}}
     for section, values in (config or {}).items():
         cfg.setdefault(section, {}).update(values)
-    core = SandboxCore(config=cfg, start_watchdog=False)
-    core._boxes = FakeBoxStore(state_dir / "fakeboxes")
-    made: dict = {} if sessions is None else sessions
-
-    def session(info):
-        s = made.get(info.id)
-        if s is None or s.port != info.ssh_port:
-            s = made[info.id] = FakeSession(info.ssh_port)
-        return s
-    core.session = session
-    core.fake_sessions = made
+    pool = FakeSessionPool(sessions)
+    core = SandboxCore(config=cfg, boxes=FakeBoxStore(state_dir / "fakeboxes"), sessions=pool, start_watchdog=False)
+    if machines is not None:
+        core.provider.domains = machines
+    core.fake_sessions = pool.sessions
     return core
+
+
+def machine_spec(**kw) -> Any:
+    """A ``MachineSpec`` for unit tests of providers; ``kernel``/``initrd``/``cmdline`` describe
+    its box, ``disk_path`` is its layer (path) and the rest are MachineSpec fields."""
+    from pathlib import Path
+    from types import SimpleNamespace
+    from .providers import MachineSpec
+    box = SimpleNamespace(kernel=kw.pop("kernel", Path("/b/vmlinuz")), initrd=kw.pop("initrd", Path("/b/initrd.img")),
+                          cmdline=kw.pop("cmdline", "console=ttyS0"), name="tiny")
+    fields = dict(name="vmsbx-a-000001", uuid="11111111-2222-3333-4444-555555555555", sandbox_id="sb-000000000001",
+                  hostname="a", vcpus=1, cpu_quota=None, memory_bytes=256 << 20, disk_bytes=1 << 30,
+                  layer=str(kw.pop("disk_path", "/s/layers/L0.qcow2")), box=box, ssh_port=20001,
+                  mac="52:54:00:00:00:01", network_mode="none", console_log=Path("/s/console.log"), owner="/s")
+    fields.update(kw)
+    return MachineSpec(**fields)

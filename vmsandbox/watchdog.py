@@ -395,7 +395,7 @@ def _held_reason(rec: SandboxInfo) -> str:
 def _cpu_allotment(rec: SandboxInfo, vcpus: int) -> float:
     """CPUs the sandbox may use: its cpu limit, or less while throttled."""
     allot = parse_cpu(rec.cpu)
-    throttled = rec.extra.get("throttled")
+    throttled = rec.throttled
     if throttled:
         allot = min(allot, max(vcpus, 1) * float(throttled))
     return allot

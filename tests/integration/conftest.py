@@ -106,11 +106,11 @@ def core(env):
 def assert_clean(env: Env, core: SandboxCore) -> None:
     """No domain, layer or memory file beyond what the remaining sandboxes and snapshots need."""
     core.snapshots.wait_background()
-    known = {Path(l["path"]).name for l in core.store.list_layers()}
-    mem = {Path(s["memory_path"]).name for s in core.store.list_snapshots() if s["memory_path"]}
+    known = {Path(l.ref).name for l in core.store.list_layers()}
+    mem = {Path(s.memory_ref).name for s in core.store.list_snapshots() if s.memory_ref}
     left = env.leftovers()
     domains = {i.domain for i in core.store.list_sandboxes()}
     assert set(left["domains"]) == domains, left
     assert set(left["layers"]) == known, (left, known)
     assert set(left["memory"]) == mem, (left, mem)
-    assert core.snapshots.verify() == []
+    assert core.tree.verify() == []

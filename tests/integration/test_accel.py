@@ -1,7 +1,7 @@
 """The accelerator probe on the real QEMU: its Linux stage runs, and a verdict is bounded in time."""
 import time
 
-from vmsandbox.providers import accel
+from vmsandbox.providers.libvirt import accel
 
 
 def test_linux_stage_boots_under_tcg():

@@ -103,7 +103,7 @@ def test_crash_during_clone(env, core, sb, point):
 
 def test_crash_during_delete(env, core, sb):
     core.create_snapshot(sb, "doomed")
-    mem = core.store.get_snapshot("doomed", core.get(sb).id)["memory_path"]
+    mem = core.store.get_snapshot("doomed", core.get(sb).id).memory_ref
     crash(env, "delete:record", "delete", sb, "doomed")
     c = recovered(env)
     assert "doomed" not in [s.name for s in c.list_snapshots(sb)]

@@ -17,7 +17,7 @@ from vmsandbox.cli import cli
 from vmsandbox.exceptions import (ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
                                   SecurityError, StateError)
 from vmsandbox.models import SandboxState
-from vmsandbox.providers import accel
+from vmsandbox.providers.libvirt import accel
 
 from .conftest import BOX_DIR, assert_clean, virsh_domains
 

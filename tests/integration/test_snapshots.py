@@ -77,9 +77,9 @@ def test_clone_is_isolated_both_ways(env, core, sb):
     try:
         o, c = core.get(sb), core.get(clone)
         assert c.state is SandboxState.RUNNING
-        assert (o.domain, o.ssh_port, o.extra["mac"]) != (c.domain, c.ssh_port, c.extra["mac"])
+        assert (o.domain, o.ssh_port, o.mac) != (c.domain, c.ssh_port, c.mac)
         assert read(core, clone, "/work/c") == "origin" and read(core, clone, "/tmp/c") == "ram"
-        assert c.extra["mac"] in core.execute(clone, "cat /sys/class/net/eth0/address").stdout
+        assert c.mac in core.execute(clone, "cat /sys/class/net/eth0/address").stdout
         core.execute(clone, "echo clone > /work/c")
         core.execute(sb, "echo origin-2 > /work/c")
         assert read(core, clone, "/work/c") == "clone"
@@ -100,7 +100,7 @@ def test_clone_outlives_its_origin(env, core):
     clone = core.create_sandbox("orphan-clone", {"clone_from": snap})
     core.destroy(origin)
     assert read(core, clone, "/work/k") == "keep"                # its layers were kept for it
-    assert core.snapshots.verify() == []
+    assert core.tree.verify() == []
     core.destroy(clone)
     assert_clean(env, core)
     assert [l for l in core.store.list_layers() if l["owner"] in (origin, clone)] == []
@@ -123,7 +123,7 @@ def test_delete_in_every_tree_shape(env, core):
         core.delete_snapshot(sid, top)                           # a branch tip nothing stands on: freed
         assert len(core.store.list_layers()) < n_layers + 1
         assert [s.name for s in core.list_snapshots(sid)] == ["t1"]
-        assert core.snapshots.verify() == []
+        assert core.tree.verify() == []
     finally:
         core.destroy(sid)
     assert_clean(env, core)
@@ -156,7 +156,7 @@ def test_retention_and_seed_managers(env, core):
         core.store.update_snapshot(point.id, created_at=time.time() - 8 * 86400)
         assert rb.cleanup_old_points(days=7) == 1
         assert [s.id for s in core.list_snapshots(sid)] == [state_id]
-        assert core.snapshots.verify() == []
+        assert core.tree.verify() == []
     finally:
         core.destroy(sid)
     assert_clean(env, core)
@@ -170,7 +170,7 @@ def test_compressed_memory_state(env):
         core.execute(sid, "echo z > /tmp/z")
         snap = core.create_snapshot(sid, "z")
         core.snapshots.wait_background()
-        path = core.store.get_snapshot(snap)["memory_path"]
+        path = core.store.get_snapshot(snap).memory_ref
         assert path.endswith(".zst")
         core.execute(sid, "rm /tmp/z")
         core.rollback(sid, snap)
@@ -239,7 +239,7 @@ def test_failed_rollback_leaves_sandbox_usable(env, core, sb):
     snap = core.create_snapshot(sb, "will-break")
     core.execute(sb, "echo still-here > /work/u")
     row = core.store.get_snapshot(snap)
-    with open(row["memory_path"], "r+b") as f:                   # corrupt the memory state
+    with open(row.memory_ref, "r+b") as f:                   # corrupt the memory state
         f.write(b"garbage!")
     with pytest.raises(RollbackError, match="the sandbox is unchanged"):
         core.rollback(sb, snap)

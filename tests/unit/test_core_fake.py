@@ -1,3 +1,4 @@
+from pathlib import Path
 """SandboxCore on the fakes: lifecycle, state machine, bad input, clean-up, gc (no VM)."""
 import time
 
@@ -21,7 +22,7 @@ def test_create_execute_destroy(core):
     info = core.get("build-1")
     assert info.id == sid and info.state is SandboxState.RUNNING
     assert info.domain.startswith("vmsbx-build-1-")
-    assert core.active_disk(info).exists()
+    assert Path(core.store.get_layer(info.active_layer).ref).exists()
     r = core.execute(sid, "make test", timeout=5, working_dir="/src")
     assert r.exit_code == 0 and core.fake_sessions[sid].commands == ["make test"]
     assert core.destroy(sid)
@@ -79,7 +80,7 @@ def test_unreachable_guest_keeps_only_console_log(tmp_path):
         core.console_log(info).write_text("kernel panic\n")
         return FakeSession(info.ssh_port, ready_error=GuestUnreachableError(
             f"no SSH; see {core.console_log(info)}", str(core.console_log(info))))
-    core.session = session
+    core.sessions.factory = session
     with pytest.raises(GuestUnreachableError) as e:
         core.create_sandbox("silent")
     assert leftovers(core) == ([], [], [])
@@ -153,15 +154,14 @@ def test_gc_ttl_and_orphans(tmp_path):
 def test_restart_sees_earlier_sandboxes(tmp_path):
     a = fake_core(tmp_path, NO_POLICY)
     sid = a.create_sandbox("persist")
-    b = fake_core(tmp_path, NO_POLICY)
-    b.provider = a.provider
+    b = fake_core(tmp_path, NO_POLICY, machines=a.provider.domains)
     assert b.get("persist").id == sid
     assert b.execute("persist", "true").exit_code == 0
 
 
 def test_async_twin(tmp_path):
     import asyncio
-    from vmsandbox.core import AsyncSandboxCore
+    from vmsandbox import AsyncSandboxCore
 
     async def go():
         ac = AsyncSandboxCore.__new__(AsyncSandboxCore)
@@ -214,19 +214,21 @@ def test_approval_callback_and_timeout_raise(tmp_path, monkeypatch):
 
 
 def test_missing_layer_file_is_state_corruption(core):
-    from vmsandbox.exceptions import StateCorruptionError
+    from vmsandbox.exceptions import RollbackError, StateCorruptionError
     sid = core.create_sandbox("corrupt")
-    info = core.get(sid)
-    core.active_disk(info).unlink()
-    with pytest.raises(StateCorruptionError, match="missing"):
-        core.layer_file(info.extra["active_layer"])
-    assert any("missing" in p for p in core.snapshots.verify())
+    snap = core.create_snapshot(sid, "s")
+    frozen = Path(core.store.get_layer(core.store.get_snapshot(snap).layer).ref)
+    frozen.unlink()
+    with pytest.raises(RollbackError, match="missing") as e:
+        core.rollback(sid, snap)
+    assert isinstance(e.value.__cause__, StateCorruptionError)
+    assert core.get(sid).state is SandboxState.RUNNING
+    assert any("missing" in p for p in core.tree.verify())
 
 
 def test_gc_leaves_other_state_directories_alone(tmp_path):
     a = fake_core(tmp_path / "a", NO_POLICY)
-    b = fake_core(tmp_path / "b", NO_POLICY)
-    b.provider = a.provider                       # one libvirtd, two state directories, one prefix
+    b = fake_core(tmp_path / "b", NO_POLICY, machines=a.provider.domains)   # one libvirtd, two state directories
     a.create_sandbox("mine")
     b.create_sandbox("theirs")
     assert a.gc() == [] and b.gc() == []

@@ -1,17 +1,17 @@
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from vmsandbox.providers.base import MachineSpec
-from vmsandbox.providers.libvirt_xml import QEMU_NS, domain_xml
+from vmsandbox.testing import machine_spec
+from vmsandbox.providers.libvirt.domain_xml import QEMU_NS, domain_xml
 
 
 def spec(**kw):
-    base = dict(name="vmsbx-a-123456", uuid="6f1c1c2e-8f0b-4c4c-9a51-1b2c3d4e5f60", vcpus=1, cpu_quota=None,
+    base = dict(name="vmsbx-a-123456", uuid="6f1c1c2e-8f0b-4c4c-9a51-1b2c3d4e5f60", cpu_quota=None,
                 memory_bytes=256 << 20, disk_path=Path("/s/disk-0.qcow2"), ssh_port=20022, mac="52:54:00:01:02:03",
                 network_mode="none", console_log=Path("/s/console.log"), kernel=Path("/b/vmlinuz"),
                 initrd=Path("/b/initrd.img"), cmdline="console=ttyS0 root=/dev/vda rw")
     base.update(kw)
-    return MachineSpec(**base)
+    return machine_spec(**base)
 
 
 def args(root):
@@ -22,7 +22,7 @@ def test_tcg_domain_with_restricted_user_net():
     root = ET.fromstring(domain_xml(spec()))
     assert root.get("type") == "qemu"
     assert root.findtext("os/kernel") == "/b/vmlinuz"
-    assert root.findtext("os/cmdline") == "console=ttyS0 root=/dev/vda rw"
+    assert root.findtext("os/cmdline") == "console=ttyS0 root=/dev/vda rw hostname=a"
     assert root.find("devices/disk/source").get("file") == "/s/disk-0.qcow2"
     assert root.find("devices/serial/log").get("file") == "/s/console.log"
     a = args(root)

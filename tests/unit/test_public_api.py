@@ -17,7 +17,7 @@ def test_every_exception_has_the_root():
 
 
 def test_async_twin_covers_the_sync_api():
-    from vmsandbox.core import AsyncSandboxCore, SandboxCore
+    from vmsandbox import AsyncSandboxCore, SandboxCore
     for name in AsyncSandboxCore.METHODS:
         assert callable(getattr(SandboxCore, name)), name
     for name in ("create_sandbox", "execute", "create_snapshot", "rollback", "destroy", "get_health_status"):

@@ -4,20 +4,20 @@ from pathlib import Path
 import pytest
 
 from vmsandbox.exceptions import ProviderError, StateCorruptionError
-from vmsandbox.providers.base import MachineSpec
-from vmsandbox.providers.libvirt_savefile import HEADER, MAGIC, adapt_xml, read_xml, write_xml
-from vmsandbox.providers.libvirt_xml import domain_xml
+from vmsandbox.testing import machine_spec
+from vmsandbox.providers.libvirt.savefile import HEADER, MAGIC, adapt_xml, read_xml, write_xml
+from vmsandbox.providers.libvirt.domain_xml import domain_xml
 
 STREAM = b"QEVM" + bytes(range(256)) * 64
 
 
 def spec(**kw):
-    base = dict(name="vmsbx-a-000001", uuid="11111111-2222-3333-4444-555555555555", vcpus=1, cpu_quota=None,
+    base = dict(name="vmsbx-a-000001", uuid="11111111-2222-3333-4444-555555555555", cpu_quota=None,
                 memory_bytes=256 << 20, disk_path=Path("/s/layers/Lold.qcow2"), ssh_port=20001,
                 mac="52:54:00:00:00:01", network_mode="none", console_log=Path("/s/sb/console-0.log"),
                 owner="/s", kernel=Path("/b/vmlinuz"), initrd=Path("/b/initrd.img"), cmdline="console=ttyS0")
     base.update(kw)
-    return MachineSpec(**base)
+    return machine_spec(**base)
 
 
 def make_image(path: Path, xml: str, cookie: bytes = b"<qemu-migration/>", pad: int = 4096) -> None:

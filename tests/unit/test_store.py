@@ -1,16 +1,18 @@
+import json
 import multiprocessing
 
 import pytest
 
 from vmsandbox.exceptions import NotFoundError, SandboxError
-from vmsandbox.models import SandboxState
+from vmsandbox.models import SandboxInfo, SandboxState
 from vmsandbox.store import Store
 
 
 def _reserve(store, id, name, port_range=(30000, 30100)):
-    return store.reserve_sandbox(id=id, name=name, box="tiny", domain=f"vmsbx-{name}", cpu="1", memory="256M",
-                                 disk="1G", network_mode="none", persistent=False, port_range=port_range,
-                                 extra={"uuid": "u"})
+    record = SandboxInfo(id=id, name=name, state=SandboxState.CREATING, box="tiny", domain=f"vmsbx-{name}",
+                         ssh_port=0, cpu="1", memory="256M", disk="1G", network_mode="none", persistent=False,
+                         created_at=0.0, last_used_at=0.0, uuid="u")
+    return store.reserve_sandbox(record, port_range)
 
 
 def test_reserve_get_update_delete(tmp_path):
@@ -19,9 +21,10 @@ def test_reserve_get_update_delete(tmp_path):
     assert info.state is SandboxState.CREATING
     assert 30000 <= info.ssh_port <= 30100
     assert s.get_sandbox("a").id == "sb-1"
-    s.update_sandbox("sb-1", state=SandboxState.RUNNING, extra={"host_key": "k"})
+    s.update_sandbox("sb-1", state=SandboxState.RUNNING, host_key="k")
     got = s.get_sandbox("sb-1")
-    assert got.state is SandboxState.RUNNING and got.extra == {"uuid": "u", "host_key": "k"}
+    assert got.state is SandboxState.RUNNING and (got.uuid, got.host_key) == ("u", "k")
+    assert SandboxInfo.from_dict(json.loads(json.dumps(got.to_dict()))) == got
     with pytest.raises(SandboxError, match="already exists"):
         _reserve(s, "sb-2", "a")
     s.delete_sandbox("sb-1")

@@ -79,8 +79,7 @@ def import_cmd(ctx: click.Context, file: Path, name: str, ssh_user: str, ssh_key
 @click.pass_context
 def remove_cmd(ctx: click.Context, name: str) -> None:
     """Delete a stored box (refused while sandboxes stand on it)."""
-    get_core(ctx).require_box_unused(name)
-    get_box_store(ctx).remove(name)
+    get_core(ctx).remove_box(name)
     click.echo(f"box {name!r} removed")
 
 

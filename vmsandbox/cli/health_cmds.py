@@ -55,7 +55,7 @@ def top(ctx: click.Context, once: bool, interval: Optional[float]) -> None:
         with Live(_top_table([]), console=out, auto_refresh=False) as live:
             while True:
                 snap = wd.snapshot()
-                live.update(_top_table(snap[i.id] for i in core.store.list_sandboxes() if i.id in snap), refresh=True)
+                live.update(_top_table(snap[i.id] for i in core.list_sandboxes() if i.id in snap), refresh=True)
                 time.sleep(period)
     except KeyboardInterrupt:
         pass
@@ -140,11 +140,7 @@ class SandboxCollector:
 
 
 def _start_watchdog(core):
-    from ..watchdog import Watchdog
-    if core.watchdog is None:
-        core.watchdog = Watchdog(core)
-    core.watchdog.start()
-    return core.watchdog
+    return core.start_watchdog()
 
 
 def _top_table(healths: Iterable):

@@ -171,17 +171,15 @@ def cp(ctx, src, dst):
         raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
 
 
-def _ssh_files(core, name):
+def _ssh_files(core, name, purpose):
     from ..ssh import known_hosts_line, openssh_config
-    info = core.get(name)
-    box = core.boxes.get(info.box)
-    host_key = box.host_key or info.extra.get("host_key")
-    if not host_key:
+    info, endpoint = core.ssh_target(name, purpose)
+    if not endpoint.host_key:
         raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
-    known = core.sandbox_dir(info) / "known_hosts"
-    known.write_text(known_hosts_line(info.ssh_port, host_key) + "\n")
+    known = core.layout.sandbox_dir(info.id) / "known_hosts"
+    known.write_text(known_hosts_line(endpoint.port, endpoint.host_key) + "\n")
     alias = f"vmsandbox-{info.name}"
-    return alias, openssh_config(alias, info.ssh_port, box.ssh_user, box.ssh_key, known)
+    return info, alias, openssh_config(alias, endpoint.port, endpoint.user, endpoint.key_path, known)
 
 
 @command("ssh-config")
@@ -189,7 +187,7 @@ def _ssh_files(core, name):
 @click.pass_context
 def ssh_config(ctx, name):
     """Print an OpenSSH config block for NAME (append it to ~/.ssh/config)."""
-    _, block = _ssh_files(get_core(ctx), name)
+    _, _, block = _ssh_files(get_core(ctx), name, "ssh-config")
     click.echo(block)
 
 
@@ -200,11 +198,9 @@ def ssh_config(ctx, name):
 def ssh(ctx, name, args):
     """Open an interactive shell in NAME through the system ssh client."""
     core = get_core(ctx)
-    core._require(core.get(name), "execute")
-    alias, block = _ssh_files(core, name)
-    cfg = core.sandbox_dir(core.get(name)) / "ssh_config"
+    info, alias, block = _ssh_files(core, name, "ssh")
+    cfg = core.layout.sandbox_dir(info.id) / "ssh_config"
     cfg.write_text(block)
-    core.store.audit("ssh", "ok", core.get(name))
     os.execvp("ssh", ["ssh", "-F", str(cfg), alias, *args])
 
 

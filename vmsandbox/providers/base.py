@@ -1,34 +1,82 @@
-"""The Provider interface: what the core asks of a VM layer (define, boot, stop, destroy,
-pause, throttle, inspect). Disks are the core's (see ``vmsandbox.disks``); a provider only
-attaches the overlay it is given. Implementations: ``libvirt`` and the test double in
-``vmsandbox.testing``."""
+"""The Provider interface: everything the core asks of a machine layer (libvirt/QEMU, Vagrant,
+containers...), and the value types that cross it.
+
+A provider owns what is its own: the machine (define, boot, stop, destroy, pause, throttle,
+inspect), its disks (the layers of the layer tree: the core keeps their records and the tree's
+rules, the provider makes, snapshots and deletes the artifacts behind the references it hands
+out), its saved memory states, the endpoint commands reach it through, and the checks of its
+crash-recovery steps. The core never reads a reference: it stores it and hands it back.
+
+A provider declares ``capabilities``; the core asks before it calls an optional method and raises
+one clear ``SandboxError`` naming the provider when one is missing (``require_capability``).
+Implementations: ``providers/libvirt/`` and the test double ``providers/fake.py``.
+"""
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from ..exceptions import SandboxError
+from ..exceptions import ProviderError, SandboxError
+
+if TYPE_CHECKING:
+    from ..boxes import Box
+    from ..layout import Layout
+
+
+class Capability:
+    """Names of the optional abilities a provider can declare."""
+    MEMORY_SNAPSHOTS = "memory_snapshots"    # snapshots carry the guest's memory; restore resumes it
+    DISK_SNAPSHOTS = "disk_snapshots"
+    CLONES = "clones"                        # a new sandbox from a snapshot
+    PAUSE = "pause"
+    CPU_QUOTA = "cpu_quota"                  # throttle
+    METRICS = "metrics"                      # host-side samples for the watchdog
+    STOP_START = "stop_start"                # power off keeping the disk, boot again
 
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """Everything needed to define one guest."""
-    name: str                      # domain name (carries the configured prefix)
+    """Everything needed to define one machine."""
+    name: str                      # machine name (carries the configured prefix)
     uuid: str
+    sandbox_id: str
+    hostname: str                  # the guest's host name (the sandbox's name)
     vcpus: int
     cpu_quota: Optional[float]     # fraction of one CPU for fractional limits ("0.5"), else None
     memory_bytes: int
-    disk_path: Path                # the sandbox's active qcow2 overlay
-    ssh_port: int                  # forwarded from 127.0.0.1:ssh_port to guest port 22
+    disk_bytes: int
+    layer: str                     # provider reference of the active layer (the disk it writes)
+    box: "Box"
+    ssh_port: int                  # forwarded from 127.0.0.1:ssh_port to the guest's port 22 (VMs)
     mac: str
-    network_mode: str              # "none" (restricted user-mode net) | "nat" (user-mode, unrestricted)
+    network_mode: str              # "none" (restricted) | "nat"
     console_log: Path
-    owner: str = ""                # state directory that made it (in the domain's metadata)
-    kernel: Optional[Path] = None  # direct kernel boot when set; else the disk's own boot loader
-    initrd: Optional[Path] = None
-    cmdline: Optional[str] = None
+    owner: str = ""                # state directory that made it (in the machine's metadata)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how commands reach a machine (SSH for VM providers)."""
+    host: str
+    port: int
+    user: str
+    key_path: Path
+    host_key: Optional[str]        # the pinned key; None: trust on first use
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """The references a snapshot will produce, chosen before it starts (so they can be journaled):
+    the active layer's content becomes ``frozen_ref``, the machine goes on writing ``active_ref``,
+    and ``memory_ref`` receives its memory (None: disk only)."""
+    frozen_ref: str
+    active_ref: str
+    memory_ref: Optional[str]
+
+    def to_dict(self) -> dict:
+        return {"frozen_ref": self.frozen_ref, "active_ref": self.active_ref, "memory_ref": self.memory_ref}
 
 
 @dataclass(frozen=True)
@@ -42,72 +90,98 @@ class ProviderCheck:
 
 @dataclass(frozen=True)
 class DomainStats:
-    """Host-side sample of one guest (issue: watchdog)."""
+    """Host-side sample of one machine (the watchdog's input)."""
     state: str
     cpu_time_ns: int
     vcpus: int
     memory_total: Optional[int] = None     # bytes the guest sees
     memory_used: Optional[int] = None      # total - available (balloon stats)
-    disk_allocation: Optional[int] = None  # bytes of the active overlay on the host
+    disk_allocation: Optional[int] = None  # bytes of the active layer on the host
     disk_capacity: Optional[int] = None
     extra: dict = field(default_factory=dict)   # e.g. vcpu_time_ns: vCPU time only (cpu_time_ns counts all of QEMU)
 
 
 class Provider(abc.ABC):
-    """Guest lifecycle. Every method raises ``ProviderError`` (or a subclass) on failure."""
+    """Machine lifecycle, layers, memory states and endpoints. Every method raises
+    ``ProviderError`` (``ProviderUnavailableError`` when its daemon is down) on failure."""
 
     name: str = "abstract"
+    capabilities: frozenset = frozenset()
+
+    def __init__(self, config: Any, layout: "Layout") -> None:
+        self.config = config
+        self.layout = layout
+
+    def require_capability(self, capability: str, doing: str) -> None:
+        if capability not in self.capabilities:
+            raise SandboxError(f"the {self.name} provider cannot {doing} (it lacks {capability})")
+
+    # -- layers ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def new_root_layer(self, box: "Box", size_bytes: int) -> str:
+        """Make a writable layer on ``box``'s image; returns its reference."""
 
     @abc.abstractmethod
+    def new_layer(self, parent_ref: str, size_bytes: Optional[int] = None) -> str:
+        """Make a writable layer on the frozen layer ``parent_ref``; returns its reference."""
+
+    @abc.abstractmethod
+    def delete_layer(self, ref: str) -> None:
+        """Remove a layer's artifact; a missing one is not an error."""
+
+    def check_layer(self, ref: str, parent_ref: Optional[str]) -> list[str]:
+        """Problems with one layer's artifact (for ``doctor``); empty: fine."""
+        return []
+
+    def stray_artifacts(self, known: set[str]) -> list[str]:
+        """References of artifacts this provider holds for the state directory that are not in
+        ``known`` (layer and memory references of records and of operations in flight)."""
+        return []
+
+    # -- machines --------------------------------------------------------------------------
+    @abc.abstractmethod
     def start_machine(self, spec: MachineSpec) -> None:
-        """Define (or redefine) and boot the guest described by ``spec``."""
+        """Define (or redefine) and boot the machine described by ``spec``."""
 
     @abc.abstractmethod
     def destroy_machine(self, name: str) -> None:
-        """Stop hard and undefine; a missing domain is not an error."""
+        """Stop hard and undefine; a missing machine is not an error."""
 
-    @abc.abstractmethod
     def shutdown_machine(self, name: str, timeout: float) -> None:
-        """Ask the guest to power off (ACPI); stop hard after ``timeout``. Keeps the definition."""
+        """Ask the guest to power off; stop hard after ``timeout``. Keeps the definition."""
+        self.require_capability(Capability.STOP_START, "stop a machine")
 
     @abc.abstractmethod
     def kill_machine(self, name: str) -> None:
         """Stop hard at once (pull the plug); keeps the definition and disks."""
 
-    @abc.abstractmethod
-    def boot_machine(self, name: str) -> None:
-        """Boot an already defined, stopped guest."""
+    def pause_machine(self, name: str) -> None:
+        self.require_capability(Capability.PAUSE, "pause a machine")
 
-    @abc.abstractmethod
-    def pause_machine(self, name: str) -> None: ...
+    def resume_machine(self, name: str) -> None:
+        self.require_capability(Capability.PAUSE, "resume a machine")
 
-    @abc.abstractmethod
-    def resume_machine(self, name: str) -> None: ...
-
-    @abc.abstractmethod
     def set_cpu_quota(self, name: str, fraction: Optional[float]) -> None:
         """Cap the guest at ``fraction`` of one CPU per vCPU-period; None lifts the cap."""
+        self.require_capability(Capability.CPU_QUOTA, "throttle a machine")
 
     @abc.abstractmethod
     def machine_state(self, name: str) -> Optional[str]:
-        """'running' | 'paused' | 'shutoff' | 'crashed' | other; None when no such domain."""
+        """'running' | 'paused' | 'shutoff' | 'crashed' | other; None when no such machine."""
 
     @abc.abstractmethod
     def list_machines(self, prefix: str, owner: Optional[str] = None) -> list[str]:
-        """Names of all domains starting with ``prefix``; with ``owner``, only those whose metadata
-        names that state directory (another state directory's guests are never touched)."""
+        """Names of all machines starting with ``prefix``; with ``owner``, only those whose
+        metadata names that state directory (another state directory's are never touched)."""
 
-    @abc.abstractmethod
     def machine_stats(self, name: str) -> DomainStats:
-        """Host-side sample of one guest; NotFoundError when the domain is gone."""
+        """Host-side sample of one machine; NotFoundError when it is gone."""
+        raise ProviderError(f"the {self.name} provider has no metrics")
 
     def machines_stats(self, names: list[str]) -> dict[str, "DomainStats | SandboxError"]:
-        """Host-side samples of several guests at once (the watchdog's per-interval call).
-
-        Each name maps to its ``DomainStats`` or to the error that prevented sampling it
-        (``NotFoundError`` when the domain is gone), so one bad guest never hides the others.
-        Providers override this when their VM layer can sample many guests in one call.
-        """
+        """Samples of several machines at once (the watchdog's per-interval call); each name maps
+        to its ``DomainStats`` or to the error that prevented sampling it, so one bad machine
+        never hides the others. Providers override this when they can sample many in one call."""
         out: dict[str, DomainStats | SandboxError] = {}
         for name in names:
             try:
@@ -118,25 +192,60 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def checks(self) -> list[ProviderCheck]:
-        """Health of the VM layer for ``vmsandbox doctor``."""
+        """Health of the machine layer for ``vmsandbox doctor``."""
 
-    # -- snapshots (external qcow2 overlays managed by vmsandbox) ---------------------------
-    def snapshot_machine(self, name: str, new_overlay: Path, memory_path: Optional[Path]) -> None:
-        """Switch a running/paused guest to ``new_overlay`` (created on top of its current disk),
-        atomically saving its memory to ``memory_path`` when given. The guest keeps running."""
-        raise NotImplementedError
+    # -- snapshots -------------------------------------------------------------------------
+    def plan_snapshot(self, active_ref: str, memory: bool) -> SnapshotPlan:
+        """Choose the references of a snapshot of the layer ``active_ref`` (nothing is made yet)."""
+        raise ProviderError(f"the {self.name} provider cannot take snapshots")
 
-    def restore_machine(self, memory_path: Path, spec: MachineSpec) -> None:
-        """Start a new guest from a memory state, under the identity and disk of ``spec``."""
-        raise NotImplementedError
+    def snapshot_machine(self, name: str, plan: SnapshotPlan) -> None:
+        """Carry out ``plan`` on a running or paused machine; it keeps running."""
+        raise ProviderError(f"the {self.name} provider cannot take snapshots")
 
-    def machine_disk(self, name: str) -> Optional[str]:
-        """The path of the guest's current disk (vda); None when there is no such domain."""
-        raise NotImplementedError
+    def snapshot_stopped(self, plan: SnapshotPlan) -> None:
+        """Carry out ``plan`` (disk only) for a machine that is not running."""
+        raise ProviderError(f"the {self.name} provider cannot take snapshots")
+
+    def snapshot_completed(self, name: Optional[str], plan: SnapshotPlan) -> tuple[bool, Optional[str]]:
+        """After a crash mid-snapshot: (did the machine switch to ``plan.active_ref``, the memory
+        reference if its state is complete, else None)."""
+        return False, None
+
+    def discard_snapshot(self, plan: SnapshotPlan) -> None:
+        """Remove what a snapshot that did not complete may have made."""
+
+    def restore_machine(self, memory_ref: str, spec: MachineSpec) -> None:
+        """Start a new machine from a memory state, under the identity and layer of ``spec``."""
+        self.require_capability(Capability.MEMORY_SNAPSHOTS, "restore memory")
+
+    def after_restore(self, session: Any, spec: MachineSpec, clone: bool) -> None:
+        """Fix-ups in a guest resumed from memory (its clock; a clone's MAC and host name)."""
+
+    def delete_memory(self, memory_ref: str) -> None:
+        """Remove a saved memory state; a missing one is not an error."""
+
+    def compact_memory(self, memory_ref: str) -> str:
+        """Store a memory state more compactly (compression); returns its new reference."""
+        return memory_ref
+
+    def memory_size(self, memory_ref: str) -> int:
+        return 0
+
+    # -- endpoints -------------------------------------------------------------------------
+    def endpoint(self, info: Any, box: "Box") -> Endpoint:
+        """How commands reach sandbox ``info`` (a ``SandboxInfo``): SSH on its forwarded port."""
+        return Endpoint("127.0.0.1", info.ssh_port, box.ssh_user, box.ssh_key, info.host_key or box.host_key)
+
+    def open_session(self, endpoint: Endpoint, on_new_host_key: Any = None) -> Any:
+        """A command session to ``endpoint`` (``vmsandbox.ssh.SSHSession`` for SSH endpoints)."""
+        from ..ssh import SSHSession
+        return SSHSession(endpoint.host, endpoint.port, endpoint.user, endpoint.key_path, endpoint.host_key,
+                          connect_timeout=self.config.ssh.connect_timeout, on_new_host_key=on_new_host_key)
 
     def accelerator(self) -> tuple[str, str]:
-        """('kvm'|'tcg', why)."""
-        return ("tcg", "not applicable")
+        """('kvm'|'tcg'|..., why)."""
+        return ("none", "not applicable")
 
     def close(self) -> None:
         """Release connections."""

@@ -1,27 +1,33 @@
-"""The libvirt/QEMU provider: defines, boots, stops and inspects guests through libvirt-python.
+"""The libvirt/QEMU provider: guests defined, booted, stopped and inspected through
+libvirt-python, on a qcow2 layer tree (``disks``), with memory states saved by libvirt and
+restored under a new identity (``savefile``), on KVM when a probe shows it works (``accel``).
 
 The only module that imports ``libvirt``. libvirt errors are mapped here, by symbolic code, to
 vmsandbox exceptions. It only ever touches domains whose names carry ``sandbox.domain_prefix``.
+Layer references are qcow2 paths under ``<state>/layers``; memory references are save images
+(``.save``, or ``.save.zst`` once compacted) under ``<state>/memory``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
-from pathlib import Path
-from xml.sax.saxutils import quoteattr
 import threading
 import time
-from typing import Optional
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from xml.sax.saxutils import quoteattr
 
 import libvirt
 
-from ..config import Config
-from ..exceptions import NotFoundError, ProviderError, SandboxError
-from . import accel
-from .base import DomainStats, MachineSpec, Provider, ProviderCheck
-from . import libvirt_savefile
-from .libvirt_xml import METADATA_NS, domain_xml
+from ...exceptions import (NotFoundError, ProviderError, ProviderUnavailableError, SandboxError,
+                           StateCorruptionError)
+from ..base import Capability, DomainStats, MachineSpec, Provider, ProviderCheck, SnapshotPlan
+from . import accel, disks, savefile
+from .domain_xml import METADATA_NS, domain_xml
 
 log = logging.getLogger("vmsandbox.libvirt")
 
@@ -74,16 +80,18 @@ def _map(exc: "libvirt.libvirtError", doing: str, uri: str = "") -> Exception:
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         return NotFoundError(f"{doing}: no such domain ({msg})")
     if code in _UNREACHABLE:
-        return ProviderError(f"{doing}: libvirtd is not reachable at {uri} ({msg}); "
-                             "start it with `virtlogd -d; libvirtd -d` or run `vmsandbox doctor`")
+        return ProviderUnavailableError(f"{doing}: libvirtd is not reachable at {uri} ({msg}); nothing was "
+                                        "changed; start it with `virtlogd -d; libvirtd -d` or run `vmsandbox doctor`")
     return ProviderError(f"{doing}: {msg}")
 
 
 class LibvirtProvider(Provider):
     name = "libvirt"
+    capabilities = frozenset({Capability.MEMORY_SNAPSHOTS, Capability.DISK_SNAPSHOTS, Capability.CLONES,
+                              Capability.PAUSE, Capability.CPU_QUOTA, Capability.METRICS, Capability.STOP_START})
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, config: Any, layout: Any) -> None:
+        super().__init__(config, layout)
         self.uri = config.sandbox.libvirt_uri
         self.prefix = config.sandbox.domain_prefix
         self._conn: Optional[libvirt.virConnect] = None
@@ -122,6 +130,46 @@ class LibvirtProvider(Provider):
             self._accel = accel.choose(self.config.sandbox.accelerator, accel.cache_dir(self.config.sandbox.state_path))
         return self._accel
 
+    # -- layers: qcow2 files under <state>/layers ----------------------------------------
+    def _new_layer_path(self) -> Path:
+        return self.layout.layers / f"L{uuid.uuid4().hex[:15]}.qcow2"
+
+    def new_root_layer(self, box: Any, size_bytes: int) -> str:
+        path = self._new_layer_path()
+        disks.create_overlay(path, box.image, size_bytes)
+        return str(path)
+
+    def new_layer(self, parent_ref: str, size_bytes: Optional[int] = None) -> str:
+        if not os.path.exists(parent_ref):
+            raise StateCorruptionError(f"layer file {parent_ref} is missing; run `vmsandbox doctor`")
+        path = self._new_layer_path()
+        disks.create_overlay(path, Path(parent_ref), size_bytes)
+        return str(path)
+
+    def delete_layer(self, ref: str) -> None:
+        _unlink(ref)
+
+    def check_layer(self, ref: str, parent_ref: Optional[str]) -> list[str]:
+        if not os.path.exists(ref):
+            return [f"its file {ref} is missing"]
+        ok, words = disks.check(Path(ref))
+        problems = [] if ok else [f"fails qemu-img check: {words.splitlines()[-1] if words else ''}"]
+        try:
+            backing = disks.info(Path(ref)).get("backing-filename")
+        except ProviderError as exc:
+            return problems + [str(exc)]
+        if parent_ref and backing != parent_ref:
+            problems.append(f"is backed by {backing}, the database says {parent_ref}")
+        return problems
+
+    def stray_artifacts(self, known: set[str]) -> list[str]:
+        out = []
+        for d in (self.layout.layers, self.layout.memory):
+            for f in d.iterdir():
+                if str(f) not in known and not f.name.endswith(".restore"):
+                    out.append(str(f))
+        return out
+
     # -- lifecycle -----------------------------------------------------------------------
     def start_machine(self, spec: MachineSpec) -> None:
         self._own(spec.name)
@@ -137,14 +185,6 @@ class LibvirtProvider(Provider):
             self._undefine(dom)
             raise _map(exc, f"booting {spec.name}", self.uri) from exc
         log.debug("started %s (%s)", spec.name, kind)
-
-    def boot_machine(self, name: str) -> None:
-        dom = self._domain(name)
-        try:
-            if not dom.isActive():
-                dom.create()
-        except libvirt.libvirtError as exc:
-            raise _map(exc, f"booting {name}", self.uri) from exc
 
     def destroy_machine(self, name: str) -> None:
         self._own(name)
@@ -221,42 +261,118 @@ class LibvirtProvider(Provider):
         except libvirt.libvirtError as exc:
             raise _map(exc, f"setting the CPU quota of {name}", self.uri) from exc
 
-    # -- snapshots -----------------------------------------------------------------------
-    def snapshot_machine(self, name: str, new_overlay: Path, memory_path: Optional[Path]) -> None:
+    # -- snapshots and memory states ------------------------------------------------------
+    def plan_snapshot(self, active_ref: str, memory: bool) -> SnapshotPlan:
+        """The active qcow2 file is frozen in place; a new overlay on it becomes the active one."""
+        mem = self.layout.memory / f"M{uuid.uuid4().hex[:15]}.save" if memory else None
+        return SnapshotPlan(frozen_ref=active_ref, active_ref=str(self._new_layer_path()),
+                            memory_ref=str(mem) if mem else None)
+
+    def snapshot_machine(self, name: str, plan: SnapshotPlan) -> None:
         dom = self._domain(name)
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
         memory = ""
-        if memory_path is None:
+        if plan.memory_ref is None:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
         else:
-            memory = f"<memory snapshot='external' file={quoteattr(str(memory_path))}/>"
+            memory = f"<memory snapshot='external' file={quoteattr(plan.memory_ref)}/>"
             if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
                 flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_LIVE
         xml = (f"<domainsnapshot>{memory}<disks><disk name='vda' snapshot='external'><driver type='qcow2'/>"
-               f"<source file={quoteattr(str(new_overlay))}/></disk></disks></domainsnapshot>")
+               f"<source file={quoteattr(plan.active_ref)}/></disk></disks></domainsnapshot>")
         try:
             dom.snapshotCreateXML(xml, flags)
         except libvirt.libvirtError as exc:
+            self.discard_snapshot(plan)
             raise _map(exc, f"snapshotting {name}", self.uri) from exc
 
-    def restore_machine(self, memory_path: Path, spec: MachineSpec) -> None:
+    def snapshot_stopped(self, plan: SnapshotPlan) -> None:
+        disks.create_overlay(Path(plan.active_ref), Path(plan.frozen_ref))
+
+    def snapshot_completed(self, name: Optional[str], plan: SnapshotPlan) -> tuple[bool, Optional[str]]:
+        if name is None:
+            return False, None
+        self._wait_for_jobs(name)
+        if self.machine_disk(name) != plan.active_ref:
+            return False, None
+        mem = plan.memory_ref
+        return True, mem if mem and savefile.is_complete(Path(mem)) else None
+
+    def discard_snapshot(self, plan: SnapshotPlan) -> None:
+        _unlink(plan.active_ref)
+        _unlink(plan.memory_ref)
+
+    def restore_machine(self, memory_ref: str, spec: MachineSpec) -> None:
+        """Rewrite the domain XML inside the save image (new name, uuid, disk, port: see
+        ``savefile``) and restore it; a compacted image is unpacked to a temporary file first."""
         self._own(spec.name)
-        try:
-            saved = libvirt_savefile.read_xml(memory_path)
-            libvirt_savefile.write_xml(memory_path, libvirt_savefile.adapt_xml(saved, spec))
-            self.conn().restoreFlags(str(memory_path), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
-        except libvirt.libvirtError as exc:
-            raise _map(exc, f"restoring {spec.name} from {memory_path.name}", self.uri) from exc
+        with self._plain_save_image(Path(memory_ref)) as image:
+            try:
+                saved = savefile.read_xml(image)
+                savefile.write_xml(image, savefile.adapt_xml(saved, spec))
+                self.conn().restoreFlags(str(image), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+            except libvirt.libvirtError as exc:
+                raise _map(exc, f"restoring {spec.name} from {image.name}", self.uri) from exc
+            except OSError as exc:
+                raise ProviderError(f"reading memory state {image}: {exc.strerror}") from exc
         try:     # a restored domain is transient: define it so stop/start and host restarts work
             kind, _ = self.accelerator()
             self.conn().defineXML(domain_xml(spec, "kvm" if kind == "kvm" else "qemu"))
         except libvirt.libvirtError as exc:
             self.destroy_machine(spec.name)
             raise _map(exc, f"defining restored {spec.name}", self.uri) from exc
-        except OSError as exc:
-            raise ProviderError(f"reading memory state {memory_path}: {exc.strerror}") from exc
+
+    @contextmanager
+    def _plain_save_image(self, path: Path) -> Iterator[Path]:
+        if path.suffix != ".zst":
+            yield path
+            return
+        import zstandard
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:6]}.restore")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+                zstandard.ZstdDecompressor().copy_stream(src, dst)
+            yield tmp
+        finally:
+            _unlink(tmp)
+
+    def after_restore(self, session: Any, spec: MachineSpec, clone: bool) -> None:
+        """The guest's clock is at snapshot time: set it from the host; a clone also gets its own
+        MAC and host name (its memory still has its origin's)."""
+        cmd = f"date -s @{int(time.time())} >/dev/null"
+        if clone:
+            cmd += f"; ip link set dev eth0 address {spec.mac}; hostname {spec.hostname}"
+        r = session.execute(cmd, timeout=15)
+        if r.exit_code != 0:
+            log.warning("post-restore fix-up of %s failed: %s", spec.name, r.stderr.strip())
+
+    def delete_memory(self, memory_ref: str) -> None:
+        _unlink(memory_ref)
+
+    def compact_memory(self, memory_ref: str) -> str:
+        import zstandard
+        raw = Path(memory_ref)
+        out = raw.with_suffix(".save.zst")
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(raw, "rb") as src, os.fdopen(fd, "wb") as dst:
+                zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except BaseException:
+            _unlink(out)
+            raise
+        return str(out)
+
+    def memory_size(self, memory_ref: str) -> int:
+        try:
+            return os.path.getsize(memory_ref)
+        except OSError:
+            return 0
 
     def machine_disk(self, name: str) -> Optional[str]:
+        """The path of the guest's current disk (vda); None when there is no such domain."""
         self._own(name)
         try:
             xml = self.conn().lookupByName(name).XMLDesc()
@@ -267,7 +383,7 @@ class LibvirtProvider(Provider):
         m = re.search(r"<disk type='file' device='disk'>.*?<source file='([^']+)'", xml, re.S)
         return m.group(1) if m else None
 
-    def wait_for_jobs(self, name: str, timeout: float = 60) -> None:
+    def _wait_for_jobs(self, name: str, timeout: float = 60) -> None:
         """Wait until libvirt has no job running on the domain (e.g. a snapshot begun by a process that died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -365,3 +481,11 @@ class LibvirtProvider(Provider):
                 except libvirt.libvirtError:
                     pass
                 self._conn = None
+
+
+def _unlink(path: Optional[str]) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from .exceptions import ProviderError
+from ...exceptions import ProviderError
 
 QEMU_IMG = "qemu-img"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from .base import MachineSpec
+from ..base import MachineSpec
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 NIC_PCI_SLOT = "0x10"
@@ -26,12 +26,13 @@ def netdev_arg(spec: MachineSpec) -> str:
 def domain_xml(spec: MachineSpec, domain_type: str = "qemu") -> str:
     """Domain XML; ``domain_type`` is 'qemu' (TCG) or 'kvm'."""
     boot = ["<boot dev='hd'/>"]
-    if spec.kernel:
-        boot = [f"<kernel>{escape(str(spec.kernel))}</kernel>"]
-        if spec.initrd:
-            boot.append(f"<initrd>{escape(str(spec.initrd))}</initrd>")
-        if spec.cmdline:
-            boot.append(f"<cmdline>{escape(spec.cmdline)}</cmdline>")
+    box = spec.box
+    if box.kernel:
+        boot = [f"<kernel>{escape(str(box.kernel))}</kernel>"]
+        if box.initrd:
+            boot.append(f"<initrd>{escape(str(box.initrd))}</initrd>")
+        if box.cmdline:
+            boot.append(f"<cmdline>{escape(box.cmdline)} hostname={escape(spec.hostname)}</cmdline>")
     cputune = ""
     if spec.cpu_quota is not None:
         quota = max(1000, int(CPU_PERIOD_US * spec.cpu_quota))
@@ -59,7 +60,7 @@ def domain_xml(spec: MachineSpec, domain_type: str = "qemu") -> str:
   <devices>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2' discard='unmap'/>
-      <source file={quoteattr(str(spec.disk_path))}/>
+      <source file={quoteattr(spec.layer)}/>
       <target dev='vda' bus='virtio'/>
     </disk>
     <serial type='pty'>

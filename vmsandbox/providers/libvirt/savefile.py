@@ -14,9 +14,9 @@ import struct
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..exceptions import ProviderError, StateCorruptionError
-from .base import MachineSpec
-from .libvirt_xml import QEMU_NS, netdev_arg, NIC_PCI_SLOT
+from ...exceptions import ProviderError, StateCorruptionError
+from ..base import MachineSpec
+from .domain_xml import QEMU_NS, netdev_arg, NIC_PCI_SLOT
 
 MAGIC = b"LibvirtQemudSave"
 HEADER = struct.Struct("<16s5I14I")
@@ -61,7 +61,7 @@ def adapt_xml(saved_xml: str, spec: MachineSpec) -> str:
                  and d.find("target").get("dev") == "vda"), None)
     if disk is None:
         raise ProviderError("saved guest has no vda disk")
-    disk.find("source").set("file", str(spec.disk_path))
+    disk.find("source").set("file", spec.layer)
     for bs in disk.findall("backingStore"):       # libvirt re-reads the chain from the new overlay
         disk.remove(bs)
     for log in root.iter("log"):
@@ -74,3 +74,12 @@ def adapt_xml(saved_xml: str, spec: MachineSpec) -> str:
         elif v.startswith("virtio-net-pci,netdev=n0"):
             a.set("value", f"virtio-net-pci,netdev=n0,romfile=,mac={spec.mac},bus=pci.0,addr={NIC_PCI_SLOT}")
     return ET.tostring(root, encoding="unicode")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a save image was written through (its header's magic is set last by libvirt)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False

@@ -1,0 +1,65 @@
+"""Command sessions to sandboxes: one open session per sandbox, reused by every command of this
+process, reopened when the sandbox's endpoint changes (a rollback moves it) or the session died.
+
+Owns the cache only; the provider says where a sandbox is reached (``Provider.endpoint``) and
+opens the session (``Provider.open_session``: SSH for VM providers). A host key learnt on first
+use is pinned in the sandbox's record.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Optional
+
+from .models import SandboxInfo
+from .providers import Endpoint, Provider
+from .store import Store
+
+Progress = Callable[[str], None]
+
+
+class SessionPool:
+    def __init__(self, provider: Provider, store: Store, boxes: Callable[[], Any], boot_timeout: float) -> None:
+        self.provider = provider
+        self.store = store
+        self._boxes = boxes
+        self.boot_timeout = boot_timeout
+        self._sessions: dict[str, tuple[Endpoint, Any]] = {}
+        self._lock = threading.Lock()
+
+    def endpoint(self, info: SandboxInfo) -> Endpoint:
+        return self.provider.endpoint(info, self._boxes().get(info.box))
+
+    def get(self, info: SandboxInfo) -> Any:
+        """The open session to ``info`` (opened on first use)."""
+        endpoint = self.endpoint(info)
+        with self._lock:
+            cached = self._sessions.get(info.id)
+            if cached is not None:
+                old_endpoint, session = cached
+                if old_endpoint == endpoint:
+                    return session
+                session.close()
+
+            def remember(keyline: str, sid: str = info.id) -> None:
+                self.store.update_sandbox(sid, host_key=keyline)
+
+            session = self.provider.open_session(endpoint, on_new_host_key=remember)
+            self._sessions[info.id] = (endpoint, session)
+            return session
+
+    def drop(self, sandbox_id: str) -> None:
+        with self._lock:
+            cached = self._sessions.pop(sandbox_id, None)
+        if cached is not None:
+            cached[1].close()
+
+    def wait_ready(self, info: SandboxInfo, console_log: Any, progress: Optional[Progress] = None) -> float:
+        """Wait until a command runs in ``info``; GuestUnreachableError with the console's tail if not."""
+        cb = (lambda waited: progress(f"waiting for SSH ({waited:.0f} s)")) if progress else None
+        return self.get(info).wait_ready(self.boot_timeout, console_log=console_log, progress=cb)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = [s for _, s in self._sessions.values()], {}
+        for s in sessions:
+            s.close()
