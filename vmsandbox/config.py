@@ -82,7 +82,7 @@ class SandboxSection:
     default_isolation: str = "vm"
     state_directory: str = "/var/lib/vmsandbox"
     box_directory: str = ""                      # empty: <state_directory>/boxes
-    provider: str = "libvirt"                    # libvirt | fake (tests); vagrant is not available yet
+    provider: str = "libvirt"                    # a name in the provider registry (vmsandbox.providers)
     libvirt_uri: str = "qemu:///system"
     accelerator: str = "auto"                    # auto | kvm | tcg
     domain_prefix: str = "vmsbx-"
@@ -95,9 +95,8 @@ class SandboxSection:
     def validate(self, path: str) -> None:
         if self.default_isolation != "vm":
             raise ConfigError(f"{self.default_isolation!r} is not supported (only 'vm')", f"{path}.default_isolation")
-        if self.provider == "vagrant":
-            raise ConfigError("'vagrant' is not available yet (use 'libvirt')", f"{path}.provider")
-        _choice(self.provider, ("libvirt", "fake"), f"{path}.provider")
+        from .providers import PROVIDERS            # the one list of providers
+        _choice(self.provider, tuple(PROVIDERS), f"{path}.provider")
         _choice(self.accelerator, ("auto", "kvm", "tcg"), f"{path}.accelerator")
         if not re.fullmatch(r"[a-z][a-z0-9-]{0,15}", self.domain_prefix):
             raise ConfigError(f"{self.domain_prefix!r} must be 1-16 of a-z 0-9 '-', starting with a letter", f"{path}.domain_prefix")

@@ -400,6 +400,7 @@ class SandboxCore:
         def act(info: SandboxInfo) -> None:
             self.sessions.drop(info.id)
             self.provider.shutdown_machine(info.domain, timeout)
+        self.provider.require_capability(Capability.STOP_START, "stop a sandbox")
         return self._power(sandbox_id, "stop", SandboxState.STOPPED, act)
 
     def start(self, sandbox_id: str, progress: Optional[Progress] = None) -> SandboxInfo:
@@ -414,16 +415,19 @@ class SandboxCore:
 
     def pause(self, sandbox_id: str, reason: str = "") -> SandboxInfo:
         """Freeze the guest's vCPUs (memory kept)."""
+        self.provider.require_capability(Capability.PAUSE, "pause a sandbox")
         return self._power(sandbox_id, "pause", SandboxState.PAUSED, lambda i: self.provider.pause_machine(i.domain),
                            reason)
 
     def resume(self, sandbox_id: str) -> SandboxInfo:
+        self.provider.require_capability(Capability.PAUSE, "resume a sandbox")
         return self._power(sandbox_id, "resume", SandboxState.RUNNING, lambda i: self.provider.resume_machine(i.domain))
 
     def throttle(self, sandbox_id: str, fraction: float = 0.25, reason: str = "") -> SandboxInfo:
         """Cap each vCPU at ``fraction`` of a CPU (a CPU quota); ``unthrottle`` lifts it."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"{fraction!r} must be a fraction of one CPU in (0, 1]", "fraction")
+        self.provider.require_capability(Capability.CPU_QUOTA, "throttle a sandbox")
         with self.ops.run(_ref(sandbox_id), "throttle") as op:
             self.provider.set_cpu_quota(op.info.domain, fraction)
             op.update(throttled=fraction)
@@ -431,6 +435,7 @@ class SandboxCore:
         return op.info
 
     def unthrottle(self, sandbox_id: str) -> SandboxInfo:
+        self.provider.require_capability(Capability.CPU_QUOTA, "unthrottle a sandbox")
         with self.ops.run(_ref(sandbox_id), "unthrottle") as op:
             cpu = float(op.info.cpu)
             self.provider.set_cpu_quota(op.info.domain, cpu if cpu < 1 else None)

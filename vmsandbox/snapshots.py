@@ -85,6 +85,7 @@ class SnapshotManager:
     def create(self, sandbox_ref: str, name: str, memory: Optional[bool] = None, metadata: dict | None = None) -> str:
         if not isinstance(name, str) or not SNAPSHOT_NAME_RE.fullmatch(name):
             raise ConfigError(f"{name!r} is not a valid snapshot name (1-80 of A-Z a-z 0-9 . _ : -)", "name")
+        self.provider.require_capability(Capability.DISK_SNAPSHOTS, "take a snapshot")
         if memory:
             self.provider.require_capability(Capability.MEMORY_SNAPSHOTS, "take a snapshot with memory")
         with self.ops.run(sandbox_ref, "snapshot") as op:

@@ -15,6 +15,7 @@ import base64
 import logging
 import os
 import posixpath
+import random
 import re
 import select
 import shlex
@@ -40,7 +41,7 @@ logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 _CHUNK = 256 << 10                  # read/write granularity for channels and files
 _BANNER_TIMEOUT = 1.0               # per attempt while waiting for a guest
 _RETRY_WAIT = 0.2                   # pause between readiness attempts
-_KILL_TIMEOUT = 5.0                 # how long the kill channel may take
+_KILL_TIMEOUT = 2.0                 # how long the kill channel may take (each step)
 _PGID_GRACE = 2.0                   # after a timeout, how long to wait for the pgid line
 _CONSOLE_TAIL_LINES = 15
 _MISSING = 44                       # exit code our copy scripts use for "no such file/dir"
@@ -62,6 +63,10 @@ _PROBE = "cat /proc/$$/stat 2>/dev/null; echo; command -v setsid >/dev/null && e
 
 class _TransportFault(ProviderError):
     """The guest's SSH server is not answering (yet): worth retrying while a guest boots."""
+
+
+class _Deadline(ProviderError):
+    """A command's deadline passed before its channel could be opened (server stalled or gone)."""
 
 
 class SSHSession:
@@ -200,32 +205,52 @@ class SSHSession:
             raise SecurityError(f"host key of {self._where} does not match the pinned key "
                                 f"(expected {self.host_key[:60]}..., got {seen[:60]}...); refusing to connect")
 
-    def _open_channel(self, command: str) -> paramiko.Channel:
-        """Start ``command`` on a new channel, reopening a dead connection once first."""
+    def _open_channel(self, command: str, deadline: float | None = None) -> paramiko.Channel:
+        """Start ``command`` on a new channel, reopening a dead connection first.
+
+        Connecting is retried with jittered backoff on transport faults (a busy guest's SSH server
+        refuses unauthenticated connections beyond a few per source, and every host client arrives
+        from one address), never past ``deadline`` (default: ``connect_timeout`` from now);
+        ``_Deadline`` when it passes."""
+        deadline = deadline if deadline is not None else time.monotonic() + self.connect_timeout
         failed: paramiko.Transport | None = None
-        for attempt in (1, 2):
-            with self._lock:
-                current = self._transport
-                if current is None or current is failed or not current.is_active():
-                    self._close_transport()
-                    self._transport = self._connect(banner_timeout=self.connect_timeout,
-                                                    timeout=self.connect_timeout)
-                transport = self._transport
+        delay = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Deadline(f"SSH server at {self._where} did not answer in time")
             try:
-                channel = transport.open_session(timeout=self.connect_timeout)
+                with self._lock:
+                    current = self._transport
+                    if current is None or current is failed or not current.is_active():
+                        self._close_transport()
+                        budget = min(self.connect_timeout, remaining)
+                        self._transport = self._connect(banner_timeout=budget, timeout=budget)
+                    transport = self._transport
+            except _TransportFault as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise _Deadline(f"SSH server at {self._where} did not answer in time ({exc})") from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                channel = transport.open_session(timeout=max(0.05, min(self.connect_timeout,
+                                                                        deadline - time.monotonic())))
                 channel.exec_command(command)
                 return channel
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                if attempt == 2:
+                if time.monotonic() >= deadline:
+                    raise _Deadline(f"SSH server at {self._where} did not open a channel in time ({exc})") from exc
+                if failed is transport:
                     raise ProviderError(f"cannot start a command on {self._where}: {exc}") from exc
                 log.debug("ssh %s: connection dead (%s), reopening", self._where, exc)
                 failed = transport
-        raise AssertionError("unreachable")
 
-    def _command_wrapper(self) -> str:
+    def _command_wrapper(self, deadline: float | None = None) -> str:
         """The wrapper that starts commands in their own session on this server (probed once)."""
         if self._wrapper is None:
-            channel = self._open_channel(_PROBE)
+            channel = self._open_channel(_PROBE, deadline)
+            channel.settimeout(max(0.05, (deadline or time.monotonic() + self.connect_timeout) - time.monotonic()))
             try:
                 out = b""
                 while True:
@@ -233,6 +258,8 @@ class SSHSession:
                     if not chunk:
                         break
                     out += chunk
+            except socket.timeout as exc:
+                raise _Deadline(f"SSH server at {self._where} did not answer in time") from exc
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 raise ProviderError(f"connection to {self._where} failed: {exc}") from exc
             finally:
@@ -265,7 +292,13 @@ class SSHSession:
         stdout, stderr = _CappedBuffer(max_output, on_stdout), _CappedBuffer(max_output, on_stderr)
         data = stdin.encode() if isinstance(stdin, str) else stdin
         started = time.monotonic()
-        exit_code = self._run(script, [data] if data else None, stdout.write, stderr.write, timeout)
+        try:
+            exit_code = self._run(script, [data] if data else None, stdout.write, stderr.write, timeout)
+        except _Deadline as exc:
+            if timeout is None:
+                raise ProviderError(str(exc)) from exc
+            stderr.write(f"vmsandbox: {exc}; the command may not have run\n".encode())
+            exit_code = None
         duration = time.monotonic() - started
         log.debug("ssh %s exec %r -> %s in %.3fs", self._where, command[:200],
                   "timeout" if exit_code is None else exit_code, duration)
@@ -277,8 +310,9 @@ class SSHSession:
              on_stderr: Callable[[bytes], None], timeout: float | None) -> int | None:
         """Run ``script`` in its own session, feeding ``stdin_chunks`` then EOF while draining both
         streams. Returns the exit code, or None when ``timeout`` expired and the session was killed."""
-        channel = self._open_channel(self._command_wrapper().format(script=shlex.quote(script)))
         deadline = None if timeout is None else time.monotonic() + timeout
+        wrapper = self._wrapper or self._command_wrapper(deadline)
+        channel = self._open_channel(wrapper.format(script=shlex.quote(script)), deadline)
         pgid = _PgidLine(on_stdout)
         feeder = _Feeder(channel, stdin_chunks)
         finished = False
@@ -334,22 +368,34 @@ class SSHSession:
 
     def _kill_group(self, transport: paramiko.Transport, pgid: int | None) -> None:
         """Kill a command's process group from a second channel on the same connection (a new
-        connection could reach a rebooted guest, where that number means another process)."""
+        connection could reach a rebooted guest, where that number means another process).
+        Bounded by ``_KILL_TIMEOUT``: a server that does not answer gets its connection closed
+        (the next command reconnects) and the kill is reported unconfirmed, never waited for."""
         if pgid is None:
             log.warning("ssh %s: timed-out command never reported its process group", self._where)
+            self._drop_if_wedged(transport)
             return
         try:
-            channel = transport.open_session(timeout=self.connect_timeout)
+            channel = transport.open_session(timeout=_KILL_TIMEOUT)
             try:
                 channel.exec_command(f"kill -9 -{pgid} 2>/dev/null || kill -9 {pgid}")
                 channel.shutdown_write()
                 if not channel.status_event.wait(_KILL_TIMEOUT) or channel.recv_exit_status() != 0:
-                    log.warning("ssh %s: could not kill process group %d", self._where, pgid)
+                    log.warning("ssh %s: could not confirm the kill of process group %d", self._where, pgid)
+                    self._drop_if_wedged(transport)
+                    return
             finally:
                 channel.close()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ProviderError(f"cannot kill process group {pgid} on {self._where}: {exc}") from exc
+            log.warning("ssh %s: cannot kill process group %d (%s); the server does not answer", self._where, pgid, exc)
+            self._drop_if_wedged(transport)
+            return
         log.debug("ssh %s: killed process group %d", self._where, pgid)
+
+    def _drop_if_wedged(self, transport: paramiko.Transport) -> None:
+        with self._lock:
+            if self._transport is transport:
+                self._close_transport()
 
     # ----------------------------------------------------------------- file copy
 

@@ -1,6 +1,5 @@
-"""The accelerator probe on the real QEMU: its Linux stage runs, and a verdict is bounded in time."""
-import time
-
+"""The accelerator probe's Linux stage on the real QEMU (the boot-sector stage alone passed on a
+host where KVM ran a boot sector but hung every Linux kernel)."""
 from vmsandbox.providers.libvirt import accel
 
 
@@ -8,16 +7,7 @@ def test_linux_stage_boots_under_tcg():
     kernel = accel.find_kernel()
     assert kernel is not None, "the set-up installs Debian's cloud kernel"
     ok, why = accel.probe("tcg", 5.0, kernel)
-    assert ok, why
-    assert "Linux guest booted" in why
-
-
-def test_auto_verdict_is_bounded_and_cached(tmp_path):
-    started = time.monotonic()
-    first = accel.choose("auto", tmp_path)
-    assert time.monotonic() - started < 5.0 + 2 * 5.0 + 5, "two bounded stages at most"
-    assert first[0] in ("kvm", "tcg")
-    assert accel.choose("auto", tmp_path) == (first[0], first[1] + " (cached)")
+    assert ok and "Linux guest booted" in why, why
 
 
 def test_hung_guest_is_killed_at_the_bound():

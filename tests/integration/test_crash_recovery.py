@@ -1,4 +1,4 @@
-"""Kill the process (SIGKILL) at every step of snapshot, rollback, clone and delete; the next
+"""Kill the process (SIGKILL) at every step of create, destroy, snapshot, rollback, clone and delete; the next
 SandboxCore must finish or undo the operation: no leaked domain or file, no lost snapshot, every
 image passing qemu-img check, the sandbox usable."""
 import json
@@ -31,6 +31,10 @@ WORKER = textwrap.dedent("""
         core.create_sandbox(arg, {"clone_from": target})
     elif op == "delete":
         core.delete_snapshot(target, arg)
+    elif op == "create":
+        core.create_sandbox(arg)
+    elif op == "destroy":
+        core.destroy(target)
     core.close()
 """)
 
@@ -92,7 +96,7 @@ def test_crash_during_rollback(env, core, sb, point, moved):
 
 @pytest.mark.parametrize("point", ["clone:overlay", "clone:started"])
 def test_crash_during_clone(env, core, sb, point):
-    snap = core.store.get_snapshot("base", core.get(sb).id)["id"]
+    snap = core.store.get_snapshot("base", core.get(sb).id).id
     name = "clone-" + point.split(":")[1]
     crash(env, point, "clone", snap, name)
     c = recovered(env)
@@ -109,3 +113,22 @@ def test_crash_during_delete(env, core, sb):
     assert "doomed" not in [s.name for s in c.list_snapshots(sb)]
     assert not os.path.exists(mem)
     assert [s.name for s in c.list_snapshots(sb)].count("base") == 1
+
+
+@pytest.mark.parametrize("point", ["create:disk", "create:started"])
+def test_crash_during_create(env, core, sb, point):
+    name = "born-" + point.split(":")[1]
+    crash(env, point, "create", "-", name)
+    c = recovered(env)                                    # undone at once: no ttl wait, no gc needed
+    assert name not in [i.name for i in c.list_sandboxes()]
+    assert virsh_domains(env.prefix + name) == []
+    assert c.execute(sb, "true").exit_code == 0
+
+
+def test_crash_during_destroy(env, core):
+    sid = core.create_sandbox("doomed-sb")
+    core.create_snapshot(sid, "s")
+    crash(env, "destroy:begun", "destroy", sid, "-")
+    c = recovered(env)                                    # finished: nothing left in destroying
+    assert "doomed-sb" not in [i.name for i in c.list_sandboxes()]
+    assert virsh_domains(env.prefix + "doomed-sb") == []

@@ -103,7 +103,7 @@ def test_clone_outlives_its_origin(env, core):
     assert core.tree.verify() == []
     core.destroy(clone)
     assert_clean(env, core)
-    assert [l for l in core.store.list_layers() if l["owner"] in (origin, clone)] == []
+    assert [l for l in core.store.list_layers() if l.owner in (origin, clone)] == []
 
 
 def test_delete_in_every_tree_shape(env, core):
@@ -127,7 +127,7 @@ def test_delete_in_every_tree_shape(env, core):
     finally:
         core.destroy(sid)
     assert_clean(env, core)
-    assert [l for l in core.store.list_layers() if l["owner"] == sid] == []
+    assert [l for l in core.store.list_layers() if l.owner == sid] == []
 
 
 def test_retention_and_seed_managers(env, core):
@@ -217,13 +217,13 @@ def test_bad_input(env, core, sb):
         held, release = threading.Event(), threading.Event()
 
         def hold():
-            with core.snapshots._snapshot_lock(row["id"]):
+            with core.snapshots.snapshot_lock(row.id, "start a guest from it"):
                 held.set()
                 release.wait(10)
         t = threading.Thread(target=hold)
         t.start()
         held.wait(5)
-        with pytest.raises(StateError, match="in use"):
+        with pytest.raises(StateError, match="start a guest from it is in progress"):
             core.delete_snapshot(sb, "dup")
         release.set()
         t.join()
