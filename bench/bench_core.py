@@ -169,10 +169,10 @@ class DirectGuest:
     def spec(self) -> MachineSpec:
         box = self.env.box
         mac = "52:54:00:%02x:%02x:%02x" % tuple(uuid.uuid4().bytes[:3])
-        return MachineSpec(name=self.name, uuid=self.uuid, vcpus=1, cpu_quota=None, memory_bytes=256 << 20,
-                           disk_path=self.disk, ssh_port=self.port, mac=mac, network_mode="none",
-                           console_log=self.env.state_dir / "direct" / f"{self.name}.log",
-                           kernel=box.kernel, initrd=box.initrd, cmdline=box.cmdline)
+        return MachineSpec(name=self.name, uuid=self.uuid, sandbox_id="direct", hostname="direct", vcpus=1,
+                           cpu_quota=None, memory_bytes=256 << 20, disk_bytes=box.virtual_size, layer=str(self.disk),
+                           box=box, ssh_port=self.port, mac=mac, network_mode="none",
+                           console_log=self.env.state_dir / "direct" / f"{self.name}.log")
 
     def boot(self, nodelay: bool = True) -> paramiko.SSHClient:
         """New overlay (when the guest owns one), define, create, SSH until a command runs."""

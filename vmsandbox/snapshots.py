@@ -158,16 +158,14 @@ class SnapshotManager:
     def rollback(self, sandbox_ref: str, snapshot_ref: str, preserve_logs: bool = True,
                  progress: Callable[[str], None] | None = None, notify: bool = True) -> bool:
         started = time.monotonic()
-        snap: list[Snapshot] = []
+        target = self.resolve(snapshot_ref, self.store.get_sandbox(sandbox_ref))   # NotFoundError: bad input
 
         def failed(info: SandboxInfo, exc: BaseException) -> None:
             if notify:
-                self._notify(RollbackEvent(info.id, snap[0].id if snap else str(snapshot_ref), False,
-                                           time.monotonic() - started, str(exc)))
+                self._notify(RollbackEvent(info.id, target.id, False, time.monotonic() - started, str(exc)))
 
         with self.ops.run(sandbox_ref, "rollback", error=RollbackError, on_failure=failed) as op:
-            row = self._own_snapshot(op.info, snapshot_ref)
-            snap.append(row)
+            row = self._own_snapshot(op.info, target.id)
             self._rollback_locked(op, row, progress)
             op.detail.update(snapshot=row.id, name=row.name, memory=row.has_memory)
         if not preserve_logs:

@@ -147,7 +147,7 @@ def test_retention_and_seed_managers(env, core):
         assert rb.rollback(sid, point.id, {"preserve_logs": True, "notify": True}) is True
         assert read(core, sid, "/work/m") == "before"
         assert events and events[-1].ok and events[-1].snapshot_id == point.id
-        assert len(list(core.sandbox_dir(core.get(sid)).glob("console-*.log"))) >= 2    # preserve_logs
+        assert len(list(core.layout.sandbox_dir(sid).glob("console-*.log"))) >= 2    # preserve_logs
         assert states.restore_state(sid, state_id)
         assert read(core, sid, "/work/m") == "MISSING"
         with pytest.raises(ConfigError, match="options.bogus"):
