@@ -7,10 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from .exceptions import ConfigError
+from .schema import Flag, section, validate
 from .snapshots import RollbackEvent
 from .state import StateManager
 
-ROLLBACK_OPTIONS = {"preserve_logs", "notify"}
+
+@section
+class RollbackOptions:
+    """``RollbackManager.rollback(options=...)``."""
+    preserve_logs: Flag = True                   # keep console logs of earlier guests (the audit log always is)
+    notify: Flag = True                          # callbacks get a RollbackEvent
+
+
+ROLLBACK_OPTIONS = frozenset(RollbackOptions.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -52,14 +61,10 @@ class RollbackManager:
         """Options: ``preserve_logs`` (default True: console logs of earlier guests are kept; the
         audit log always is), ``notify`` (default True: callbacks get a RollbackEvent).
         Raises RollbackError when the rollback fails."""
-        opts = dict(options or {})
-        unknown = set(opts) - ROLLBACK_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown rollback option (known: {', '.join(sorted(ROLLBACK_OPTIONS))})",
-                              f"options.{sorted(unknown)[0]}")
-        self._notify_next = bool(opts.get("notify", True))
+        opts = validate(RollbackOptions, options, "options")
+        self._notify_next = opts.notify
         try:
-            return self.core.rollback(sandbox_id, point_id, preserve_logs=bool(opts.get("preserve_logs", True)))
+            return self.core.rollback(sandbox_id, point_id, preserve_logs=opts.preserve_logs)
         finally:
             self._notify_next = True
 

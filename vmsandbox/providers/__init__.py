@@ -13,14 +13,23 @@ PROVIDERS = {
 }
 
 
-def load_provider(name: str, config) -> Provider:
-    """Instantiate the provider named in ``sandbox.provider``."""
+def provider_class(name: str, path: str = "sandbox.provider") -> type[Provider]:
+    """The class registered as ``name``, imported now. ConfigError (naming ``path``) when it is
+    not registered or cannot be imported."""
     try:
         dotted = PROVIDERS[name]
-    except KeyError:
-        raise ConfigError(f"{name!r} is not a provider (known: {', '.join(PROVIDERS)})", "sandbox.provider") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"{name!r} is not a provider (known: {', '.join(sorted(PROVIDERS))})", path) from None
     module, _, cls = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), cls)(config)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"provider {name!r} cannot be loaded ({dotted}): {exc}", path) from exc
 
 
-__all__ = ["MachineSpec", "Provider", "ProviderCheck", "PROVIDERS", "load_provider"]
+def load_provider(name: str, config) -> Provider:
+    """Instantiate the provider named in ``sandbox.provider``."""
+    return provider_class(name)(config)
+
+
+__all__ = ["MachineSpec", "Provider", "ProviderCheck", "PROVIDERS", "load_provider", "provider_class"]

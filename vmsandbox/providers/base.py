@@ -7,9 +7,10 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 from ..exceptions import SandboxError
+from ..schema import ProviderSettings
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Provider(abc.ABC):
     """Guest lifecycle. Every method raises ``ProviderError`` (or a subclass) on failure."""
 
     name: str = "abstract"
+    # the model of this provider's ``providers.<name>`` config section (default: no keys);
+    # read the validated values with ``config.provider_settings(name)``
+    Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
 
     @abc.abstractmethod
     def start_machine(self, spec: MachineSpec) -> None:

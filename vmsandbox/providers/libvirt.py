@@ -12,11 +12,12 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 import threading
 import time
-from typing import Optional
+from typing import Literal, Optional
 
 import libvirt
 
 from ..config import Config
+from ..schema import ProviderSettings
 from ..exceptions import NotFoundError, ProviderError, SandboxError
 from . import accel
 from .base import DomainStats, MachineSpec, Provider, ProviderCheck
@@ -79,12 +80,20 @@ def _map(exc: "libvirt.libvirtError", doing: str, uri: str = "") -> Exception:
     return ProviderError(f"{doing}: {msg}")
 
 
+class LibvirtSettings(ProviderSettings):
+    """``providers.libvirt`` (``sandbox.libvirt_uri``/``sandbox.accelerator`` are deprecated aliases)."""
+    uri: str = "qemu:///system"
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+
+
 class LibvirtProvider(Provider):
     name = "libvirt"
+    Settings = LibvirtSettings
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.uri = config.sandbox.libvirt_uri
+        self.settings = config.provider_settings(self.name)
+        self.uri = self.settings.uri
         self.prefix = config.sandbox.domain_prefix
         self._conn: Optional[libvirt.virConnect] = None
         self._lock = threading.Lock()
@@ -119,7 +128,7 @@ class LibvirtProvider(Provider):
 
     def accelerator(self) -> tuple[str, str]:
         if self._accel is None:
-            self._accel = accel.choose(self.config.sandbox.accelerator, accel.cache_dir(self.config.sandbox.state_path))
+            self._accel = accel.choose(self.settings.accelerator, accel.cache_dir(self.config.sandbox.state_path))
         return self._accel
 
     # -- lifecycle -----------------------------------------------------------------------
