@@ -15,14 +15,13 @@ import os
 import re
 from dataclasses import field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated, Any, Mapping
 
 import yaml
 from pydantic import AfterValidator, BeforeValidator, ValidationError, model_validator
 
 from .exceptions import ConfigError, SandboxError
-from .schema import (AbsolutePath, Cpu, Flag, Level, OptionalAbsolutePath, ProviderSettings, Seconds, Size,
+from .schema import (AbsolutePath, Cpu, Flag, FrozenMap, Level, OptionalAbsolutePath, ProviderSettings, Seconds, Size,
                      WholeSeconds, choice, config_error, cpu_count, fail, fail_at, items, message_of, number,
                      section, show, size_bytes, text, validate)
 
@@ -246,7 +245,7 @@ def _providers(v: Any) -> Mapping[str, ProviderSettings]:
         except ValidationError as exc:
             err = config_error(exc)
             fail_at(f"{name}.{err.path}" if err.path else name, message_of(err))
-    return MappingProxyType(out)
+    return FrozenMap(out)
 
 
 @section
@@ -256,7 +255,7 @@ class Config:
     safety: SafetySection = field(default_factory=SafetySection)
     rollback: RollbackSection = field(default_factory=RollbackSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
-    providers: Annotated[Any, BeforeValidator(_providers)] = field(default_factory=lambda: MappingProxyType({}))
+    providers: Annotated[Any, BeforeValidator(_providers)] = field(default_factory=FrozenMap)
 
     def provider_settings(self, name: str) -> ProviderSettings:
         """The validated ``providers.<name>`` section, or that provider's defaults."""

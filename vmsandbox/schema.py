@@ -193,6 +193,28 @@ class ProviderSettings(BaseModel):
         return check_keys(cls, data)
 
 
+class FrozenMap(Mapping):
+    """A read-only, hashable mapping (config values must not change after validation)."""
+
+    def __init__(self, data: Mapping = ()) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
 # -- value types -------------------------------------------------------------------------------
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*", re.IGNORECASE)
@@ -341,7 +363,7 @@ def items(of: Any) -> Any:
     return Annotated[tuple[of, ...], BeforeValidator(check)]
 
 
-__all__ = ["AbsolutePath", "Cpu", "Flag", "LEVELS", "Level", "MAX_SECONDS", "MAX_SIZE", "OptionalAbsolutePath",
+__all__ = ["AbsolutePath", "Cpu", "Flag", "FrozenMap", "LEVELS", "Level", "MAX_SECONDS", "MAX_SIZE", "OptionalAbsolutePath",
            "ProviderSettings", "SCHEMA_CONFIG", "Seconds", "Size", "WholeSeconds", "check_keys", "choice",
            "config_error", "cpu_count", "fail", "fail_at", "message_of", "items", "number", "section", "show", "size_bytes",
            "text", "validate"]
