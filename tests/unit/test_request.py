@@ -122,3 +122,10 @@ def test_core_delegates_and_leaves_nothing_for_a_trailing_newline(core):
     with pytest.raises(ConfigError, match="not a valid sandbox name"):
         core.create_sandbox("ok\n")
     assert core.list_sandboxes() == [] and isinstance(core.provider, FakeProvider) and core.provider.domains == {}
+
+
+def test_snapshot_names_must_match_whole_too(core):
+    sid = core.create_sandbox("snaps")
+    with pytest.raises(ConfigError, match="not a valid snapshot name"):
+        core.create_snapshot(sid, "before\n")
+    assert core.list_snapshots(sid) == []
