@@ -431,7 +431,7 @@ def load_config(config_path: str | os.PathLike | None = None,
         layers.append(config)
     for layer in layers:
         merged = _deep_merge(merged, _normalise(_copy(layer), shown_as))
-    if os.environ.get("VMSANDBOX_STATE_DIR"):
+    if os.environ.get("VMSANDBOX_STATE_DIR") and isinstance(merged.get("sandbox") or {}, Mapping):
         merged = _deep_merge(merged, {"sandbox": {"state_directory": os.environ["VMSANDBOX_STATE_DIR"]}})
         shown_as["sandbox.state_directory"] = "sandbox.state_directory (from $VMSANDBOX_STATE_DIR)"
     try:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from .exceptions import ConfigError
+from .config import Days
 from .schema import Flag, section, validate
 from .snapshots import RollbackEvent
 from .state import StateManager
@@ -70,9 +70,7 @@ class RollbackManager:
 
     def cleanup_old_points(self, days: Optional[float] = None) -> int:
         """Delete points older than ``days`` (default ``rollback.retention_days``) the safe way."""
-        days = self.core.config.rollback.retention_days if days is None else days
-        if days < 0:
-            raise ConfigError(f"{days!r} must be 0 or more", "days")
+        days = self.core.config.rollback.retention_days if days is None else validate(Days, days, "days")
         return len(self.core.snapshots.cleanup_older_than(days) if days else [])
 
     def _dispatch(self, event: RollbackEvent) -> None:

@@ -216,6 +216,8 @@ def test_layering_defaults_file_dict_environment(tmp_path, monkeypatch):
     assert (cfg.sandbox.ttl_seconds, cfg.ssh.connect_timeout, cfg.sandbox.state_directory) == (60, 5, "/from/dict")
     monkeypatch.setenv("VMSANDBOX_STATE_DIR", "/from/env")
     assert load_config(config={"sandbox": {"state_directory": "/from/dict"}}).sandbox.state_directory == "/from/env"
+    with pytest.raises(ConfigError, match="^sandbox: expected a mapping"):       # not hidden by the variable
+        load_config(config={"sandbox": "flat"})
     assert load_config(f).ssh.connect_timeout == 5
 
 
@@ -330,3 +332,12 @@ def test_importing_config_loads_no_hypervisor_or_ssh_library():
             "print(sorted(m for m in ('libvirt', 'paramiko') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cleanup_days_go_through_the_schema(core):
+    from vmsandbox import RollbackManager, StateManager
+    rb = RollbackManager(StateManager(core=core))
+    for bad, words in ((-1, "at least 0"), (float("nan"), "finite"), ("7", "number of days")):
+        with pytest.raises(ConfigError, match=f"^days: .*{words}"):
+            rb.cleanup_old_points(days=bad)
+    assert rb.cleanup_old_points(days=0) == 0
