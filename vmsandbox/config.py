@@ -60,7 +60,7 @@ def _registered(v: Any) -> str:
 
 
 ProviderName = Annotated[str, BeforeValidator(_registered)]
-NAME = text(pattern=r"[a-z][a-z0-9_-]{0,31}", hint="is not a provider name (a-z 0-9 _ -, starting with a letter)")
+ContainerProvider = text(pattern=r"[a-z][a-z0-9_-]{0,31}", hint="is not a provider name (a-z 0-9 _ -, starting with a letter)")
 Isolation = choice("vm", "container")
 DomainPrefix = text(pattern=r"[a-z][a-z0-9-]{0,15}", hint="must be 1-16 of a-z 0-9 '-', starting with a letter")
 Text = text()
@@ -105,7 +105,7 @@ class SandboxSection:
     state_directory: AbsolutePath = "/var/lib/vmsandbox"
     box_directory: OptionalAbsolutePath = ""     # empty: <state_directory>/boxes
     provider: ProviderName = "libvirt"           # a name in vmsandbox.providers.PROVIDERS
-    container_provider: NAME = "docker"          # the provider of isolation_type: container
+    container_provider: ContainerProvider = "docker"          # the provider of isolation_type: container
     domain_prefix: DomainPrefix = "vmsbx-"
     default_box: Text = "tiny"
     ttl_seconds: WholeSeconds = 3600
@@ -189,7 +189,8 @@ class PatternEntry:
 class ValidationSection:
     enabled: Flag = True
     block_dangerous: Flag = True                 # false: CRITICAL warns instead of blocking
-    patterns: items(PatternEntry) = (PatternEntry(pattern="rm -rf /"), PatternEntry(pattern=":(){ :|:& };:"))
+    patterns: items(PatternEntry) = field(default_factory=lambda: (PatternEntry(pattern="rm -rf /"),
+                                                                   PatternEntry(pattern=":(){ :|:& };:")))
     allow: items(Any) = ()                       # rule ids lowered to LOW (or {rule: id, level: L}); checked by the policy
 
 
