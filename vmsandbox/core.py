@@ -28,6 +28,7 @@ from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderErr
 from .models import ALLOWED, ExecutionResult, SandboxInfo, SandboxState
 from .providers import MachineSpec, Provider, ProviderCheck, load_provider
 from .request import SandboxRequest, check_name, parse_request
+from .schema import Seconds, validate
 from .store import Store, default_db_path, ensure_state_dir
 
 log = logging.getLogger("vmsandbox")
@@ -345,9 +346,7 @@ class SandboxCore:
         info = self.store.get_sandbox(sandbox_id)     # no libvirt round trip on the hot path
         self._require(info, "execute")
         self.screen(info, command, approve)
-        to = timeout if timeout is not None else self.config.ssh.command_timeout
-        if not to > 0:
-            raise ConfigError(f"{timeout!r} must be above 0 seconds", "timeout")
+        to = self.config.ssh.command_timeout if timeout is None else validate(Seconds, timeout, "timeout")
         try:
             result = self.session(info).execute(command, timeout=to, working_dir=working_dir, env=env, stdin=stdin,
                                                 max_output=self.config.ssh.max_output_bytes,

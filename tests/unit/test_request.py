@@ -129,3 +129,12 @@ def test_snapshot_names_must_match_whole_too(core):
     with pytest.raises(ConfigError, match="not a valid snapshot name"):
         core.create_snapshot(sid, "before\n")
     assert core.list_snapshots(sid) == []
+
+
+@pytest.mark.parametrize("timeout,words", [(float("inf"), "finite"), (float("nan"), "finite"), (0, "above 0"),
+                                           (-1, "above 0"), ("10", "number of seconds"), (1e12, "at most")])
+def test_execute_timeout_goes_through_the_schema(core, timeout, words):
+    sid = core.create_sandbox("t")
+    with pytest.raises(ConfigError, match=f"^timeout: .*{words}"):
+        core.execute(sid, "true", timeout=timeout)
+    assert core.execute(sid, "true", timeout=5).exit_code == 0
