@@ -64,6 +64,17 @@ ContainerProvider = text(pattern=r"[a-z][a-z0-9_-]{0,31}", hint="is not a provid
 Isolation = choice("vm", "container")
 DomainPrefix = text(pattern=r"[a-z][a-z0-9-]{0,15}", hint="must be 1-16 of a-z 0-9 '-', starting with a letter")
 Text = text()
+
+
+def _box_name(v: Any) -> str:
+    from .boxes import validate_box_name     # the box store owns the rule; imported only when used
+    try:
+        return validate_box_name(v)
+    except ConfigError as exc:
+        fail(message_of(exc))
+
+
+BoxName = Annotated[str, BeforeValidator(_box_name)]
 Callback = text(pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", empty=True, hint="must be 'module:function'")
 Days = number(at_least=0, at_most=36500, what="days")
 Percent = number(above=0, at_most=100, what="percent")
@@ -107,7 +118,7 @@ class SandboxSection:
     provider: ProviderName = "libvirt"           # a name in vmsandbox.providers.PROVIDERS
     container_provider: ContainerProvider = "docker"          # the provider of isolation_type: container
     domain_prefix: DomainPrefix = "vmsbx-"
-    default_box: Text = "tiny"
+    default_box: BoxName = "tiny"
     ttl_seconds: WholeSeconds = 3600
     boot_timeout_seconds: WholeSeconds = 120
     port_range: Annotated[tuple[int, int], BeforeValidator(_port_range)] = (20000, 29999)

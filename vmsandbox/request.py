@@ -14,7 +14,7 @@ from typing import Annotated, Any, Mapping, Optional
 
 from pydantic import BeforeValidator
 
-from .config import Config, Limits, ProviderName, container_unavailable
+from .config import BoxName, Config, Limits, ProviderName, container_unavailable
 from .exceptions import ConfigError, ResourceLimitError
 from .schema import Cpu, Flag, Seconds, Size, fail, section, show, text, validate
 
@@ -73,8 +73,8 @@ class ResourceLimits:
 @section
 class RequestInput:
     """The keys of ``create_sandbox``'s config dict; None means "not given"."""
-    box: Optional[Text] = None
-    base_image: Optional[Text] = None          # alias of box
+    box: Optional[BoxName] = None
+    base_image: Optional[BoxName] = None       # alias of box
     resource_limits: Optional[ResourceLimits] = None
     network_mode: Annotated[str, BeforeValidator(_network_mode)] = "none"
     persistent: Flag = False

@@ -63,8 +63,10 @@ def test_base_image_is_an_alias_of_box():
     ({"isolation_type": "container"}, "sandbox config.isolation_type", "'container' is not supported yet"),
     ({"provider": "vagrant"}, "sandbox config.provider", "'vagrant' is not a provider (known: fake, libvirt"),
     ({"provider": 3}, "sandbox config.provider", "not a provider"),
-    ({"box": ""}, "sandbox config.box", "must not be empty"),
-    ({"box": 5}, "sandbox config.box", "must be a string"),
+    ({"box": ""}, "sandbox config.box", "not a valid box name"),
+    ({"box": 5}, "sandbox config.box", "not a valid box name"),
+    ({"box": "../../etc"}, "sandbox config.box", "not a valid box name"),
+    ({"base_image": "tiny\n"}, "sandbox config.base_image", "not a valid box name"),
     ({"clone_from": 12}, "sandbox config.clone_from", "must be a string"),
 ])
 def test_bad_requests_name_the_key(request_, path, words):
