@@ -184,8 +184,9 @@ def section(cls: type[T]) -> type[T]:
 
 class ProviderSettings(BaseModel):
     """Settings of one provider, the ``providers.<name>`` section of the config. A provider
-    subclasses this as its ``Settings`` class attribute; the default has no keys."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    subclasses this as its ``Settings`` class attribute; the default has no keys. Strict: no
+    'yes' for a boolean, no '10' for a number; NaN and infinity are errors too."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod

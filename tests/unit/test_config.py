@@ -270,6 +270,8 @@ def test_provider_section_errors(cfg, path, words):
 class ToySettings(ProviderSettings):
     endpoint: str = "unix:///run/toy.sock"
     slots: int = 2
+    fast: bool = False
+    ratio: float = 0.5
 
 
 class ToyProvider(FakeProvider):
@@ -282,11 +284,15 @@ def test_a_provider_registered_later_validates_its_own_section(monkeypatch):
     monkeypatch.setitem(PROVIDERS, "toy", f"{__name__}.ToyProvider")
     cfg = load_config(config={"sandbox": {"provider": "toy"}, "providers": {"toy": {"slots": 4}}})
     assert cfg.provider_settings("toy") == ToySettings(slots=4)
-    assert cfg.to_dict()["providers"]["toy"] == {"endpoint": "unix:///run/toy.sock", "slots": 4}
-    with pytest.raises(ConfigError, match=r"^providers.toy.slots: 'many' must be a number"):
-        load_config(config={"providers": {"toy": {"slots": "many"}}})
-    with pytest.raises(ConfigError, match=r"^providers.toy.size: unknown key \(known: endpoint, slots\)"):
-        load_config(config={"providers": {"toy": {"size": 1}}})
+    assert cfg.to_dict()["providers"]["toy"] == {"endpoint": "unix:///run/toy.sock", "slots": 4, "fast": False,
+                                                 "ratio": 0.5}
+    for section_, words in (({"slots": "many"}, r"slots: 'many' must be a number"),
+                            ({"slots": "4"}, r"slots: '4' must be a number"),
+                            ({"fast": "yes"}, r"fast: 'yes' must be true or false"),
+                            ({"ratio": float("nan")}, r"ratio: nan must be a finite number"),
+                            ({"size": 1}, r"size: unknown key \(known: endpoint, fast, ratio, slots\)")):
+        with pytest.raises(ConfigError, match="^providers.toy." + words):
+            load_config(config={"providers": {"toy": section_}})
     monkeypatch.setitem(PROVIDERS, "broken", "no_such_module.Provider")
     with pytest.raises(ConfigError, match=r"^providers.broken: provider 'broken' cannot be loaded"):
         load_config(config={"providers": {"broken": {}}})
