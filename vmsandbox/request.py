@@ -84,7 +84,7 @@ class RequestInput:
     ttl_seconds: Optional[Seconds] = None
 
 
-SANDBOX_KEYS = frozenset(f for f in RequestInput.__dataclass_fields__)
+SANDBOX_KEYS = frozenset(RequestInput.__dataclass_fields__)
 
 
 def parse_request(config: Config, request: Mapping | None) -> SandboxRequest:
