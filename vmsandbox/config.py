@@ -2,67 +2,92 @@
 
 Layering, merged here and nowhere else: built-in defaults < YAML file (``config_path`` or
 ``$VMSANDBOX_CONFIG``) < ``config=`` dict < ``VMSANDBOX_STATE_DIR`` environment variable.
-Every error is a ``ConfigError`` naming the key path, e.g. ``safety.limits.memory: '8Q' is not a size``.
+Deprecated aliases (``sandbox.libvirt_uri``, ``sandbox.accelerator``) are moved to their
+``providers.libvirt`` keys within each layer. The schema is the sections below, built from the
+types in ``schema``; a ``providers.<name>`` section is checked by that provider's own
+``Settings`` model, found through the provider registry. Every error is one ``ConfigError``
+naming the key path, e.g. ``safety.limits.memory: '8Q' is not a size``.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import yaml
+from pydantic import AfterValidator, BeforeValidator, ValidationError, model_validator
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, SandboxError
+from .schema import (AbsolutePath, Cpu, Flag, FrozenMap, Level, OptionalAbsolutePath, ProviderSettings, Seconds, Size,
+                     WholeSeconds, choice, config_error, cpu_count, fail, fail_at, items, message_of, number,
+                     section, show, size_bytes, text, validate)
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_OUTPUT = 1 << 30                 # ssh.max_output: output is held in memory
 
 
 def parse_size(value: Any, path: str = "size") -> int:
     """'4G' / '256M' / '1.5G' / 1048576 -> bytes (binary units). Raises ConfigError naming ``path``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{value!r} is not a size (use e.g. '512M', '4G')", path)
-    if isinstance(value, int):
-        if value <= 0:
-            raise ConfigError(f"{value!r} is not a positive size", path)
-        return value
-    m = _SIZE_RE.match(str(value))
-    if not m:
-        raise ConfigError(f"{value!r} is not a size (use e.g. '512M', '4G')", path)
-    n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
-    if n <= 0:
-        raise ConfigError(f"{value!r} is not a positive size", path)
-    return n
+    try:
+        return size_bytes(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path) from None
 
 
 def parse_cpu(value: Any, path: str = "cpu") -> float:
     """'2' / 2 / '0.5' -> float CPUs (> 0). Fractions become a CPU quota on one vCPU."""
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{value!r} is not a CPU count (use e.g. '1', '2', '0.5')", path) from None
-    if not n > 0 or n != n or n > 1024:
-        raise ConfigError(f"{value!r} must be a CPU count above 0", path)
-    return n
+        return cpu_count(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path) from None
 
 
-@dataclass(frozen=True)
+def _registry() -> dict:
+    from .providers import PROVIDERS          # lazily: providers import this module
+    return PROVIDERS
+
+
+def _known_providers() -> str:
+    return ", ".join(sorted(_registry()))
+
+
+def _registered(v: Any) -> str:
+    if not isinstance(v, str) or v not in _registry():
+        fail(f"{show(v)} is not a provider (known: {_known_providers()})")
+    return v
+
+
+ProviderName = Annotated[str, BeforeValidator(_registered)]
+ContainerProvider = text(pattern=r"[a-z][a-z0-9_-]{0,31}", hint="is not a provider name (a-z 0-9 _ -, starting with a letter)")
+Isolation = choice("vm", "container")
+DomainPrefix = text(pattern=r"[a-z][a-z0-9-]{0,15}", hint="must be 1-16 of a-z 0-9 '-', starting with a letter")
+Text = text()
+
+
+def _box_name(v: Any) -> str:
+    from .boxes import validate_box_name     # the box store owns the rule; imported only when used
+    try:
+        return validate_box_name(v)
+    except ConfigError as exc:
+        fail(message_of(exc))
+
+
+BoxName = Annotated[str, BeforeValidator(_box_name)]
+Callback = text(pattern=r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", empty=True, hint="must be 'module:function'")
+Days = number(at_least=0, at_most=36500, what="days")
+Percent = number(above=0, at_most=100, what="percent")
+History = number(whole=True, at_least=1, at_most=1_000_000, what="samples")
+LimitAction = choice("alert", "throttle", "pause", "rollback", "emergency_shutdown")
+
+
+@section
 class Limits:
     """Resource limits; strings as written by people ('4G'), parsed by ``parse_size``/``parse_cpu``."""
-    cpu: str = "1"
-    memory: str = "256M"
-    disk: str = "1G"
-
-    def validate(self, path: str) -> None:
-        parse_cpu(self.cpu, f"{path}.cpu")
-        parse_size(self.memory, f"{path}.memory")
-        parse_size(self.disk, f"{path}.disk")
+    cpu: Cpu = "1"
+    memory: Size = "256M"
+    disk: Size = "1G"
 
     @property
     def cpu_count(self) -> float:
@@ -77,35 +102,33 @@ class Limits:
         return parse_size(self.disk)
 
 
-@dataclass(frozen=True)
+def _port_range(v: Any) -> tuple[int, int]:
+    ok = (isinstance(v, (list, tuple)) and len(v) == 2
+          and all(isinstance(p, int) and not isinstance(p, bool) for p in v))
+    if not ok or not 1024 <= v[0] < v[1] <= 65535:
+        fail(f"{show(list(v) if isinstance(v, tuple) else v)} must be [low, high] within 1024-65535")
+    return (v[0], v[1])
+
+
+@section
 class SandboxSection:
-    default_isolation: str = "vm"
-    state_directory: str = "/var/lib/vmsandbox"
-    box_directory: str = ""                      # empty: <state_directory>/boxes
-    provider: str = "libvirt"                    # a name in the provider registry (vmsandbox.providers)
-    libvirt_uri: str = "qemu:///system"
-    accelerator: str = "auto"                    # auto | kvm | tcg
-    domain_prefix: str = "vmsbx-"
-    default_box: str = "tiny"
-    ttl_seconds: int = 3600
-    boot_timeout_seconds: int = 120
-    port_range: tuple = (20000, 29999)
+    default_isolation: Isolation = "vm"
+    state_directory: AbsolutePath = "/var/lib/vmsandbox"
+    box_directory: OptionalAbsolutePath = ""     # empty: <state_directory>/boxes
+    provider: ProviderName = "libvirt"           # a name in vmsandbox.providers.PROVIDERS
+    container_provider: ContainerProvider = "docker"          # the provider of isolation_type: container
+    domain_prefix: DomainPrefix = "vmsbx-"
+    default_box: BoxName = "tiny"
+    ttl_seconds: WholeSeconds = 3600
+    boot_timeout_seconds: WholeSeconds = 120
+    port_range: Annotated[tuple[int, int], BeforeValidator(_port_range)] = (20000, 29999)
     default_limits: Limits = field(default_factory=Limits)
 
-    def validate(self, path: str) -> None:
-        if self.default_isolation != "vm":
-            raise ConfigError(f"{self.default_isolation!r} is not supported (only 'vm')", f"{path}.default_isolation")
-        from .providers import PROVIDERS            # the one list of providers
-        _choice(self.provider, tuple(PROVIDERS), f"{path}.provider")
-        _choice(self.accelerator, ("auto", "kvm", "tcg"), f"{path}.accelerator")
-        if not re.fullmatch(r"[a-z][a-z0-9-]{0,15}", self.domain_prefix):
-            raise ConfigError(f"{self.domain_prefix!r} must be 1-16 of a-z 0-9 '-', starting with a letter", f"{path}.domain_prefix")
-        _positive(self.ttl_seconds, f"{path}.ttl_seconds")
-        _positive(self.boot_timeout_seconds, f"{path}.boot_timeout_seconds")
-        lo, hi = self.port_range
-        if not (1024 <= lo < hi <= 65535):
-            raise ConfigError(f"{list(self.port_range)!r} must be [low, high] within 1024-65535", f"{path}.port_range")
-        self.default_limits.validate(f"{path}.default_limits")
+    @model_validator(mode="after")
+    def _container_provider_exists(self) -> "SandboxSection":
+        if self.default_isolation == "container" and self.container_provider not in _registry():
+            fail_at("default_isolation", container_unavailable(self.container_provider))
+        return self
 
     @property
     def state_path(self) -> Path:
@@ -116,158 +139,283 @@ class SandboxSection:
         return Path(self.box_directory) if self.box_directory else self.state_path / "boxes"
 
 
-@dataclass(frozen=True)
-class SSHSection:
-    connect_timeout: float = 10.0
-    command_timeout: float = 600.0               # default execute() timeout, seconds
-    max_output: str = "16M"                      # per stream; beyond it output is dropped, truncated=True
+def container_unavailable(provider: str) -> str:
+    return (f"'container' is not supported yet: it needs the provider {provider!r} "
+            f"(sandbox.container_provider), which is not registered (known: {_known_providers()})")
 
-    def validate(self, path: str) -> None:
-        _positive(self.connect_timeout, f"{path}.connect_timeout")
-        _positive(self.command_timeout, f"{path}.command_timeout")
-        parse_size(self.max_output, f"{path}.max_output")
+
+def _output_cap(v: str) -> str:
+    if size_bytes(v) > MAX_OUTPUT:
+        fail(f"{show(v)} is too large (at most 1G: output is kept in memory)")
+    return v
+
+
+@section
+class SSHSection:
+    connect_timeout: Seconds = 10.0
+    command_timeout: Seconds = 600.0             # default execute() timeout, seconds
+    max_output: Annotated[Size, AfterValidator(_output_cap)] = "16M"   # per stream; beyond it output is dropped
 
     @property
     def max_output_bytes(self) -> int:
         return parse_size(self.max_output)
 
 
-@dataclass(frozen=True)
+@section
+class PatternEntry:
+    """One ``safety.validation.patterns`` entry: a string (a CRITICAL pattern) or a mapping."""
+    _unknown_key_in_message = True
+    regex: Flag = False                          # before ``pattern``, whose check depends on it
+    level: Level = "CRITICAL"
+    pattern: str = ""
+
+    @staticmethod
+    def _before(data: Any) -> Any:
+        if isinstance(data, str):
+            if not data.strip():
+                fail(f"{show(data)} must be a non-empty string")
+            return {"pattern": data}
+        if data is None or not isinstance(data, Mapping):
+            fail(f"{show(data)} must be a string or a mapping")
+        return data
+
+    @model_validator(mode="after")
+    def _pattern_is_valid(self) -> "PatternEntry":
+        if not isinstance(self.pattern, str) or not self.pattern.strip():
+            fail_at("pattern", f"{show(self.pattern)} must be a non-empty string")
+        if self.regex:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                fail_at("pattern", f"{show(self.pattern)} is not a valid regular expression: {exc}")
+        return self
+
+    def to_plain(self) -> Any:
+        if self.level == "CRITICAL" and not self.regex:
+            return self.pattern
+        return {"pattern": self.pattern, "level": self.level, "regex": self.regex}
+
+
+@section
 class ValidationSection:
-    enabled: bool = True
-    block_dangerous: bool = True                 # false: CRITICAL warns instead of blocking
-    patterns: tuple = ("rm -rf /", ":(){ :|:& };:")  # str, or {pattern: ..., level: ..., regex: bool}
-    allow: tuple = ()                            # rule ids lowered to LOW (or {rule: id, level: L})
+    enabled: Flag = True
+    block_dangerous: Flag = True                 # false: CRITICAL warns instead of blocking
+    patterns: items(PatternEntry) = field(default_factory=lambda: (PatternEntry(pattern="rm -rf /"),
+                                                                   PatternEntry(pattern=":(){ :|:& };:")))
+    allow: items(Any) = ()                       # rule ids lowered to LOW (or {rule: id, level: L}); checked by the policy
 
 
-@dataclass(frozen=True)
+@section
 class SafetySection:
     validation: ValidationSection = field(default_factory=ValidationSection)
     limits: Limits = field(default_factory=lambda: Limits(cpu="4", memory="8G", disk="20G"))
-    approval_callback: str = ""                  # dotted path "module:function"(assessment, sandbox) -> bool
-
-    def validate(self, path: str) -> None:
-        self.limits.validate(f"{path}.limits")
-        for i, p in enumerate(self.validation.patterns):
-            if not isinstance(p, (str, Mapping)):
-                raise ConfigError(f"{p!r} must be a string or a mapping", f"{path}.validation.patterns[{i}]")
-        if self.approval_callback and ":" not in self.approval_callback:
-            raise ConfigError(f"{self.approval_callback!r} must be 'module:function'", f"{path}.approval_callback")
+    approval_callback: Callback = ""             # "module:function", called (assessment, sandbox) -> bool
 
 
-@dataclass(frozen=True)
+@section
 class RollbackSection:
-    auto_snapshot: bool = False                  # snapshot before each command rated MEDIUM or above
-    retention_days: float = 7
-    compression: bool = False                    # store memory states compressed
-    memory: bool = True                          # snapshots of running guests carry memory
-    guest_sync: bool = True                      # flush the guest's page cache before a disk-only snapshot
-
-    def validate(self, path: str) -> None:
-        if self.retention_days < 0:
-            raise ConfigError(f"{self.retention_days!r} must be 0 or more", f"{path}.retention_days")
+    auto_snapshot: Flag = False                  # snapshot before each command rated MEDIUM or above
+    retention_days: Days = 7.0
+    compression: Flag = False                    # store memory states compressed
+    memory: Flag = True                          # snapshots of running guests carry memory
+    guest_sync: Flag = True                      # flush the guest's page cache before a disk-only snapshot
 
 
-@dataclass(frozen=True)
+@section
 class AlertsSection:
-    cpu_threshold: float = 80
-    memory_threshold: float = 90
-    disk_threshold: float = 90
-
-    def validate(self, path: str) -> None:
-        for name in ("cpu_threshold", "memory_threshold", "disk_threshold"):
-            v = getattr(self, name)
-            if not 0 < v <= 100:
-                raise ConfigError(f"{v!r} must be a percentage in (0, 100]", f"{path}.{name}")
+    cpu_threshold: Percent = 80.0
+    memory_threshold: Percent = 90.0
+    disk_threshold: Percent = 90.0
 
 
-@dataclass(frozen=True)
+@section
 class MonitoringSection:
-    enabled: bool = True
-    interval_seconds: float = 10
-    guest_interval_seconds: float = 30           # in-guest samples (df, /proc/net/dev) over SSH
-    history: int = 360                           # samples kept per sandbox
-    limit_action: str = "alert"                  # alert | throttle | pause | rollback | emergency_shutdown
+    enabled: Flag = True
+    interval_seconds: Seconds = 10.0
+    guest_interval_seconds: Seconds = 30.0       # in-guest samples (df, /proc/net/dev) over SSH
+    history: History = 360                       # samples kept per sandbox
+    limit_action: LimitAction = "alert"
     alerts: AlertsSection = field(default_factory=AlertsSection)
 
-    def validate(self, path: str) -> None:
-        _positive(self.interval_seconds, f"{path}.interval_seconds")
-        _positive(self.guest_interval_seconds, f"{path}.guest_interval_seconds")
-        _positive(self.history, f"{path}.history")
-        _choice(self.limit_action, ("alert", "throttle", "pause", "rollback", "emergency_shutdown"), f"{path}.limit_action")
-        self.alerts.validate(f"{path}.alerts")
+
+def _providers(v: Any) -> Mapping[str, ProviderSettings]:
+    """``providers.<name>``: each section validated by that provider's ``Settings`` model."""
+    if v is None:
+        v = {}
+    if not isinstance(v, Mapping):
+        fail(f"expected a mapping of provider name to settings, got {type(v).__name__} {show(v)}")
+    from .providers import provider_class
+    out = {}
+    for name, settings in v.items():
+        if name not in _registry():
+            fail_at(name, f"{show(name)} is not a provider (known: {_known_providers()})")
+        try:
+            model = provider_class(name, f"providers.{name}").Settings
+            out[name] = settings if isinstance(settings, model) else model.model_validate(settings or {})
+        except SandboxError as exc:
+            fail_at(name, message_of(exc) if isinstance(exc, ConfigError) else str(exc))
+        except ValidationError as exc:
+            err = config_error(exc)
+            fail_at(f"{name}.{err.path}" if err.path else name, message_of(err))
+    return FrozenMap(out)
 
 
-@dataclass(frozen=True)
+@section
 class Config:
     sandbox: SandboxSection = field(default_factory=SandboxSection)
     ssh: SSHSection = field(default_factory=SSHSection)
     safety: SafetySection = field(default_factory=SafetySection)
     rollback: RollbackSection = field(default_factory=RollbackSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
+    providers: Annotated[Any, BeforeValidator(_providers)] = field(default_factory=FrozenMap)
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        """The validated ``providers.<name>`` section, or that provider's defaults."""
+        given = self.providers.get(name)
+        if given is not None:
+            return given
+        from .providers import provider_class
+        return provider_class(name, f"providers.{name}").Settings()
 
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
-
-
-def _choice(value: Any, allowed: tuple, path: str) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{value!r} is not one of {', '.join(allowed)}", path)
-
-
-def _positive(value: Any, path: str) -> None:
-    if not value > 0:
-        raise ConfigError(f"{value!r} must be above 0", path)
+        """The effective configuration as plain data (what ``vmsandbox config show`` prints);
+        ``load_config(config=cfg.to_dict())`` gives the same Config back."""
+        out = {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "providers"}
+        providers = dict(self.providers)
+        if self.sandbox.provider not in providers:
+            try:
+                providers[self.sandbox.provider] = self.provider_settings(self.sandbox.provider)
+            except SandboxError:
+                pass                          # its module cannot be imported here: nothing to show
+        out["providers"] = {name: _to_plain(s) for name, s in providers.items()}
+        return out
 
 
 def _to_plain(v: Any) -> Any:
-    if isinstance(v, dict):
+    if isinstance(v, PatternEntry):
+        return v.to_plain()
+    if isinstance(v, ProviderSettings):
+        return v.model_dump(mode="json")
+    if dataclasses.is_dataclass(v):
+        return {f.name: _to_plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, Mapping):
         return {k: _to_plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_to_plain(x) for x in v]
     return v
 
 
-def _build(cls: type, data: Any, path: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, checking keys and types; unknown keys are errors."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping, got {type(data).__name__} {data!r}", path or "config")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key (known: {', '.join(sorted(names))})", where)
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{path}.{key}" if path else key)
-    return cls(**kwargs)
+# -- YAML: duplicate keys are errors ------------------------------------------------------------
+
+MAX_YAML_VALUES = 100_000            # after expanding aliases: stops "billion laughs" files
 
 
-def _coerce(hint: Any, value: Any, path: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{value!r} must be true or false", path)
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{value!r} must be a number", path)
-        if hint is int and value != int(value):
-            raise ConfigError(f"{value!r} must be a whole number", path)
-        return hint(value)
-    if hint is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{value!r} must be a string", path)
-        return str(value)
-    if hint is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{value!r} must be a list", path)
-        return tuple(value)
-    return value
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (YAML would keep the last one
+    silently), naming its key path and both lines, and files that expand to absurd sizes."""
+
+    source = "the config file"
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._seen = 0
+        self._check(node, "")
+        return super().construct_document(node)
+
+    def _check(self, node: yaml.Node, path: str) -> None:
+        self._seen += 1
+        if self._seen > MAX_YAML_VALUES:
+            raise ConfigError(f"too large: more than {MAX_YAML_VALUES} values (after expanding aliases)",
+                              self.source)
+        if isinstance(node, yaml.SequenceNode):
+            for i, child in enumerate(node.value):
+                self._check(child, f"{path}[{i}]")
+        elif isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    self._check(value_node, path)
+                    continue
+                key = self.construct_object(key_node) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                where = f"{path}.{key}" if path else str(key)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise ConfigError(f"duplicate key on line {line} of {self.source} "
+                                          f"(first given on line {first[key]})", where)
+                    first[key] = line
+                except TypeError:             # an unhashable key: the constructor reports it
+                    pass
+                self._check(value_node, where)
+
+
+def _read_yaml(path: str | os.PathLike) -> dict:
+    try:
+        content = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("cannot read config file: not UTF-8 text", str(path)) from exc
+    loader = _Loader(content)
+    loader.source = str(path)
+    try:
+        loaded = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", str(path)) from exc
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", str(path)) from None
+    finally:
+        loader.dispose()
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ConfigError("the top level must be a mapping of sections", str(path))
+    return loaded or {}
+
+
+# -- layering -----------------------------------------------------------------------------------
+
+# deprecated key -> its home; both are accepted, documented in docs/configuration.md
+ALIASES = {
+    ("sandbox", "libvirt_uri"): ("providers", "libvirt", "uri"),
+    ("sandbox", "accelerator"): ("providers", "libvirt", "accelerator"),
+}
+
+
+def _copy(v: Any) -> Any:
+    """Plain, private copy of the mappings in a layer (the caller's dicts are never changed)."""
+    if isinstance(v, Mapping):
+        return {k: _copy(x) for k, x in v.items()}
+    return v
+
+
+def _normalise(layer: dict, shown_as: dict[str, str]) -> dict:
+    """Move deprecated aliases of ``layer`` to their keys, remembering where each value came
+    from so that an error names the key the user wrote."""
+    for (section_name, key), target in ALIASES.items():
+        new_path = ".".join(target)
+        node: Any = layer
+        for part in target[:-1]:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and target[-1] in node:
+            shown_as.pop(new_path, None)
+        sec = layer.get(section_name)
+        if not isinstance(sec, dict) or key not in sec:
+            continue
+        value = sec.pop(key)
+        node = layer
+        for i, part in enumerate(target[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"expected a mapping, got {type(node[part]).__name__} {show(node[part])}",
+                                  ".".join(target[:i + 1]))
+            node = node[part]
+        if target[-1] in node and node[target[-1]] != value:
+            raise ConfigError(f"{show(value)} conflicts with {new_path}: {show(node[target[-1]])} "
+                              f"({section_name}.{key} is a deprecated alias of it; give only {new_path})",
+                              f"{section_name}.{key}")
+        if target[-1] not in node:
+            shown_as[new_path] = f"{section_name}.{key}"
+        node[target[-1]] = value
+    return layer
 
 
 def _deep_merge(base: dict, over: Mapping) -> dict:
@@ -285,29 +433,28 @@ def load_config(config_path: str | os.PathLike | None = None,
     """Load, merge and validate configuration. Raises ConfigError naming the bad key."""
     if isinstance(config, Config):
         return config
+    if config is not None and not isinstance(config, Mapping):
+        raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
+    shown_as: dict[str, str] = {}        # key path -> how to name it in an error
     merged: dict = {}
     path = config_path or os.environ.get("VMSANDBOX_CONFIG")
-    if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file: {exc.strerror}", str(path)) from exc
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", str(path)) from exc
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError("the top level must be a mapping of sections", str(path))
-        merged = _deep_merge(merged, loaded or {})
+    layers = [_read_yaml(path)] if path else []
     if config:
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"config must be a mapping, got {type(config).__name__}")
-        merged = _deep_merge(merged, config)
-    if os.environ.get("VMSANDBOX_STATE_DIR"):
+        layers.append(config)
+    for layer in layers:
+        merged = _deep_merge(merged, _normalise(_copy(layer), shown_as))
+    if os.environ.get("VMSANDBOX_STATE_DIR") and isinstance(merged.get("sandbox") or {}, Mapping):
         merged = _deep_merge(merged, {"sandbox": {"state_directory": os.environ["VMSANDBOX_STATE_DIR"]}})
-    cfg = _build(Config, merged, "")
-    for name in ("sandbox", "ssh", "safety", "rollback", "monitoring"):
-        section = getattr(cfg, name)
-        if hasattr(section, "validate"):
-            section.validate(name)
-    return cfg
+        shown_as["sandbox.state_directory"] = "sandbox.state_directory (from $VMSANDBOX_STATE_DIR)"
+    try:
+        return validate(Config, merged)
+    except ConfigError as exc:
+        for where, shown in shown_as.items():
+            if exc.path == where or exc.path.startswith((where + ".", where + "[")):
+                raise ConfigError(message_of(exc), shown + exc.path[len(where):]) from None
+        raise
+
+
+__all__ = ["ALIASES", "AlertsSection", "Config", "Limits", "MonitoringSection", "PatternEntry", "RollbackSection",
+           "SSHSection", "SafetySection", "SandboxSection", "ValidationSection", "load_config", "parse_cpu",
+           "parse_size"]

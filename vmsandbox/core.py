@@ -13,7 +13,6 @@ import importlib
 import logging
 import math
 import os
-import re
 import time
 import uuid
 from collections.abc import Mapping as MappingABC
@@ -21,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from .config import Config, Limits, load_config
+from .config import Config, load_config
 from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError, SandboxError,
                          SecurityError, StateError)
 from .layers import LayerTree
@@ -31,28 +30,15 @@ from .maintenance import Maintenance
 from .models import ExecutionResult, SandboxInfo, SandboxState, Snapshot
 from .operations import Operations, require
 from .providers import Capability, Endpoint, Provider, ProviderCheck, load_provider
+from .request import SandboxRequest, check_name, parse_request
+from .schema import Seconds, validate
 from .sessions import SessionPool
 from .snapshots import SnapshotManager
 from .store import Store, default_db_path
 
 log = logging.getLogger("vmsandbox")
 
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
-SANDBOX_KEYS = {"box", "base_image", "resource_limits", "network_mode", "persistent", "isolation_type",
-                "clone_from", "ttl_seconds"}
-NETWORK_MODES = ("none", "nat")
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class SandboxRequest:
-    """A validated ``create_sandbox`` config."""
-    box: str
-    limits: Limits
-    network_mode: str
-    persistent: bool
-    clone_from: Optional[str] = None
-    ttl_seconds: float = 3600.0
 
 
 class SandboxCore:
@@ -123,49 +109,8 @@ class SandboxCore:
         return self.layout.console_log(info.id, info.generation)
 
     def parse_request(self, config: Mapping | None) -> SandboxRequest:
-        """Validate a ``create_sandbox`` config dict; ConfigError names the bad key."""
-        config = dict(config or {})
-        for key in config:
-            if key not in SANDBOX_KEYS:
-                raise ConfigError(f"unknown key (known: {', '.join(sorted(SANDBOX_KEYS))})", f"sandbox config.{key}")
-        iso = config.get("isolation_type", "vm")
-        if iso != "vm":
-            raise ConfigError(f"{iso!r} is not supported yet (only 'vm')", "sandbox config.isolation_type")
-        if "box" in config and "base_image" in config and config["box"] != config["base_image"]:
-            raise ConfigError("give box or base_image (its alias), not both", "sandbox config.box")
-        box = str(config.get("box", config.get("base_image", self.config.sandbox.default_box)))
-        net = config.get("network_mode", "none")
-        if net == "bridge":
-            raise ConfigError("'bridge' is not supported yet (use 'none' or 'nat')", "sandbox config.network_mode")
-        if net not in NETWORK_MODES:
-            raise ConfigError(f"{net!r} is not one of none, nat", "sandbox config.network_mode")
-        persistent = config.get("persistent", False)
-        if not isinstance(persistent, bool):
-            raise ConfigError(f"{persistent!r} must be true or false", "sandbox config.persistent")
-        rl = config.get("resource_limits") or {}
-        if not isinstance(rl, Mapping):
-            raise ConfigError(f"{rl!r} must be a mapping", "sandbox config.resource_limits")
-        unknown = set(rl) - {"cpu", "memory", "disk"}
-        if unknown:
-            raise ConfigError("unknown key (known: cpu, disk, memory)", f"sandbox config.resource_limits.{sorted(unknown)[0]}")
-        d = self.config.sandbox.default_limits
-        limits = Limits(cpu=str(rl.get("cpu", d.cpu)), memory=str(rl.get("memory", d.memory)),
-                        disk=str(rl.get("disk", d.disk)))
-        limits.validate("resource_limits")
-        cap = self.config.safety.limits
-        for key, value, maximum in (("cpu", limits.cpu_count, cap.cpu_count),
-                                    ("memory", limits.memory_bytes, cap.memory_bytes),
-                                    ("disk", limits.disk_bytes, cap.disk_bytes)):
-            if value > maximum:
-                raise ResourceLimitError(f"resource_limits.{key} {getattr(limits, key)} exceeds "
-                                         f"safety.limits.{key} {getattr(cap, key)}")
-        if limits.memory_bytes < 64 << 20:
-            raise ConfigError(f"{limits.memory!r} is too little memory (at least 64M)", "resource_limits.memory")
-        ttl = config.get("ttl_seconds", self.config.sandbox.ttl_seconds)
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise ConfigError(f"{ttl!r} must be a number of seconds above 0", "sandbox config.ttl_seconds")
-        return SandboxRequest(box=box, limits=limits, network_mode=net, persistent=persistent,
-                              clone_from=config.get("clone_from"), ttl_seconds=float(ttl))
+        """Validate a ``create_sandbox`` config dict (see ``vmsandbox.request``); ConfigError names the bad key."""
+        return parse_request(self.config, config)
 
     # -- create ----------------------------------------------------------------------------
     def create_sandbox(self, name: str, config: Mapping | None = None, progress: Optional[Progress] = None) -> str:
@@ -174,8 +119,7 @@ class SandboxCore:
         Raises ConfigError (bad name/config), NotFoundError (unknown box), ResourceLimitError (over
         safety.limits), ProviderError/GuestUnreachableError (boot failed). A failure leaves nothing behind.
         """
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise ConfigError(f"{name!r} is not a valid sandbox name (1-40 of a-z 0-9 '-', starting with a letter or digit)", "name")
+        check_name(name)
         req = self.parse_request(config)
         if req.clone_from:
             return self.snapshots.clone(name, req.clone_from, req, progress)
@@ -261,7 +205,7 @@ class SandboxCore:
         raises CommandTimeout carrying the partial result. The policy's assessment is on the result.
         """
         self._check_execute_args(sandbox_id, command, timeout, working_dir, env, stdin, approve)
-        to = float(timeout) if timeout is not None else float(self.config.ssh.command_timeout)
+        to = self.config.ssh.command_timeout if timeout is None else validate(Seconds, timeout, "timeout")
         info = self.store.get_sandbox(sandbox_id)
         require(info, "execute")
         assessment = self.screen(command)

@@ -6,11 +6,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
-from .exceptions import ConfigError
+from .config import Days
+from .schema import Flag, section, validate
 from .snapshots import RollbackEvent
 from .state import StateManager
 
-ROLLBACK_OPTIONS = {"preserve_logs", "notify"}
+
+@section
+class RollbackOptions:
+    """``RollbackManager.rollback(options=...)``."""
+    preserve_logs: Flag = True                   # keep console logs of earlier guests (the audit log always is)
+    notify: Flag = True                          # callbacks get a RollbackEvent
+
+
+ROLLBACK_OPTIONS = frozenset(RollbackOptions.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -51,19 +60,12 @@ class RollbackManager:
         """Options: ``preserve_logs`` (default True: console logs of earlier guests are kept; the
         audit log always is), ``notify`` (default True: callbacks get a RollbackEvent).
         Raises RollbackError when the rollback fails."""
-        opts = dict(options or {})
-        unknown = set(opts) - ROLLBACK_OPTIONS
-        if unknown:
-            raise ConfigError(f"unknown rollback option (known: {', '.join(sorted(ROLLBACK_OPTIONS))})",
-                              f"options.{sorted(unknown)[0]}")
-        return self.core.rollback(sandbox_id, point_id, preserve_logs=bool(opts.get("preserve_logs", True)),
-                                  notify=bool(opts.get("notify", True)))
+        opts = validate(RollbackOptions, options, "options")
+        return self.core.rollback(sandbox_id, point_id, preserve_logs=opts.preserve_logs, notify=opts.notify)
 
     def cleanup_old_points(self, days: Optional[float] = None) -> int:
         """Delete points older than ``days`` (default ``rollback.retention_days``) the safe way."""
-        days = self.core.config.rollback.retention_days if days is None else days
-        if days < 0:
-            raise ConfigError(f"{days!r} must be 0 or more", "days")
+        days = self.core.config.rollback.retention_days if days is None else validate(Days, days, "days")
         return len(self.core.cleanup_snapshots(days) if days else [])
 
     def _dispatch(self, event: RollbackEvent) -> None:

@@ -14,14 +14,18 @@ PROVIDERS = {
 }
 
 
-def provider_class(name: str, key: str = "sandbox.provider") -> type[Provider]:
-    """The class registered as ``name``; ConfigError naming ``key`` when there is none."""
+def provider_class(name: str, path: str = "sandbox.provider") -> type[Provider]:
+    """The class registered as ``name``, imported now. ConfigError (naming ``path``) when it is
+    not registered or cannot be imported."""
     try:
         dotted = PROVIDERS[name]
-    except KeyError:
-        raise ConfigError(f"{name!r} is not a provider (known: {', '.join(PROVIDERS)})", key) from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"{name!r} is not a provider (known: {', '.join(sorted(PROVIDERS))})", path) from None
     module, _, cls = dotted.rpartition(".")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"provider {name!r} cannot be loaded ({dotted}): {exc}", path) from exc
 
 
 def load_provider(name: str, config, layout) -> Provider:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from ..exceptions import ProviderError, SandboxError
+from ..schema import ProviderSettings
 
 if TYPE_CHECKING:
     from ..boxes import Box
@@ -107,6 +108,9 @@ class Provider(abc.ABC):
 
     name: str = "abstract"
     capabilities: frozenset = frozenset()
+    # the model of this provider's ``providers.<name>`` config section (default: no keys);
+    # read the validated values with ``config.provider_settings(name)``
+    Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
 
     def __init__(self, config: Any, layout: "Layout") -> None:
         self.config = config

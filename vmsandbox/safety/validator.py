@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
-from ..config import Config, Limits, SafetySection, load_config, parse_cpu, parse_size
+from ..config import Config, Limits, PatternEntry, SafetySection, load_config, parse_cpu, parse_size
 from ..exceptions import ConfigError
 from .models import Finding, ResourceUsage, RiskAssessment, RiskLevel
 from .parser import Script, parse_script
@@ -74,32 +74,12 @@ class SafetyValidator:
     # --- config -------------------------------------------------------------------------------
 
     @staticmethod
-    def _pattern(entry: Any, i: int) -> _UserPattern:
-        path = f"{_PATH}.patterns[{i}]"
-        level, regex = RiskLevel.CRITICAL, False
-        if isinstance(entry, Mapping):
-            unknown = set(entry) - {"pattern", "level", "regex"}
-            if unknown:
-                raise ConfigError(f"unknown key {sorted(unknown)[0]!r} (known: level, pattern, regex)", path)
-            if "level" in entry:
-                level = _level(entry["level"], f"{path}.level")
-            regex = entry.get("regex", False)
-            if not isinstance(regex, bool):
-                raise ConfigError(f"{regex!r} must be true or false", f"{path}.regex")
-            text = entry.get("pattern")
-            path = f"{path}.pattern"
-        else:
-            text = entry
-        if not isinstance(text, str) or not text.strip():
-            raise ConfigError(f"{text!r} must be a non-empty string", path)
-        compiled = None
-        if regex:
-            try:
-                compiled = re.compile(text)
-            except re.error as exc:
-                raise ConfigError(f"{text!r} is not a valid regular expression: {exc}", path) from exc
-        tokens = tuple(text.split()) if not regex and not (_META & set(text)) else None
-        return _UserPattern(i, text, level, compiled, tokens, "".join(text.split()))
+    def _pattern(entry: PatternEntry, i: int) -> _UserPattern:
+        """A ``safety.validation.patterns`` entry, already checked by the config schema."""
+        text = entry.pattern
+        compiled = re.compile(text) if entry.regex else None
+        tokens = tuple(text.split()) if not entry.regex and not (_META & set(text)) else None
+        return _UserPattern(i, text, RiskLevel[entry.level], compiled, tokens, "".join(text.split()))
 
     @staticmethod
     def _allow(entries: Any) -> dict[str, RiskLevel]:

@@ -120,11 +120,11 @@ def cache_dir(state_dir: Path) -> Path:
 
 
 def choose(setting: str, cache_in: Path, timeout: float = 5.0) -> tuple[str, str]:
-    """Resolve ``sandbox.accelerator`` ('auto'|'kvm'|'tcg') to ('kvm'|'tcg', why)."""
+    """Resolve ``providers.libvirt.accelerator`` ('auto'|'kvm'|'tcg') to ('kvm'|'tcg', why)."""
     if setting == "tcg":
-        return "tcg", "configured (sandbox.accelerator: tcg)"
+        return "tcg", "configured (providers.libvirt.accelerator: tcg)"
     if setting == "kvm":
-        return "kvm", "configured (sandbox.accelerator: kvm)"
+        return "kvm", "configured (providers.libvirt.accelerator: kvm)"
     cache = Path(cache_in) / "accel.json"
     key = _cache_key()
     try:

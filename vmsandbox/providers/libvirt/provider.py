@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Literal, Optional
 from xml.sax.saxutils import quoteattr
 
 import libvirt
@@ -26,6 +26,7 @@ import libvirt
 from ...exceptions import (NotFoundError, ProviderError, ProviderUnavailableError, SandboxError,
                            StateCorruptionError)
 from ..base import Capability, DomainStats, MachineSpec, Provider, ProviderCheck, SnapshotPlan
+from ...schema import ProviderSettings
 from . import accel, disks, savefile
 from .domain_xml import METADATA_NS, domain_xml
 
@@ -85,14 +86,23 @@ def _map(exc: "libvirt.libvirtError", doing: str, uri: str = "") -> Exception:
     return ProviderError(f"{doing}: {msg}")
 
 
+class LibvirtSettings(ProviderSettings):
+    """``providers.libvirt`` (``sandbox.libvirt_uri``/``sandbox.accelerator`` are deprecated aliases)."""
+    uri: str = "qemu:///system"
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+
+
 class LibvirtProvider(Provider):
     name = "libvirt"
     capabilities = frozenset({Capability.MEMORY_SNAPSHOTS, Capability.DISK_SNAPSHOTS, Capability.CLONES,
                               Capability.PAUSE, Capability.CPU_QUOTA, Capability.METRICS, Capability.STOP_START})
 
+    Settings = LibvirtSettings
+
     def __init__(self, config: Any, layout: Any) -> None:
         super().__init__(config, layout)
-        self.uri = config.sandbox.libvirt_uri
+        self.settings = config.provider_settings(self.name)
+        self.uri = self.settings.uri
         self.prefix = config.sandbox.domain_prefix
         self._conn: Optional[libvirt.virConnect] = None
         self._lock = threading.Lock()
@@ -127,7 +137,7 @@ class LibvirtProvider(Provider):
 
     def accelerator(self) -> tuple[str, str]:
         if self._accel is None:
-            self._accel = accel.choose(self.config.sandbox.accelerator, accel.cache_dir(self.config.sandbox.state_path))
+            self._accel = accel.choose(self.settings.accelerator, accel.cache_dir(self.config.sandbox.state_path))
         return self._accel
 
     # -- layers: qcow2 files under <state>/layers ----------------------------------------
