@@ -105,7 +105,8 @@ class Operations:
                 if on_failure is not None:
                     on_failure(op.info, exc)
                 if isinstance(exc, SandboxError) and not isinstance(exc, (error, ProviderUnavailableError)):
-                    raise error(f"{operation} of {info.name!r} failed: {exc}") from exc
+                    kept = "" if op.broken_reason else "; the sandbox is unchanged"
+                    raise error(f"{operation} of {info.name!r} failed: {exc}{kept}") from exc
                 raise
         if audit:
             self.store.audit(operation, "ok", op.info, seconds=op.seconds, **op.detail)
