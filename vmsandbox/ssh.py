@@ -41,6 +41,8 @@ logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 _CHUNK = 256 << 10                  # read/write granularity for channels and files
 _BANNER_TIMEOUT = 1.0               # per attempt while waiting for a guest
 _RETRY_WAIT = 0.2                   # pause between readiness attempts
+_MAX_COMMANDS = 4                   # commands at once on one connection: dropbear 2022.83 refused channels
+                                    # and then dropped the connection with 8 opening at once (measured)
 _KILL_TIMEOUT = 2.0                 # how long the kill channel may take (each step)
 _PGID_GRACE = 2.0                   # after a timeout, how long to wait for the pgid line
 _CONSOLE_TAIL_LINES = 15
@@ -91,6 +93,8 @@ class SSHSession:
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
         self._wrapper: str | None = None           # chosen by ``_command_wrapper`` per connection
+        self._slots = threading.BoundedSemaphore(_MAX_COMMANDS)
+        self._probe_lock = threading.Lock()
 
     @property
     def _where(self) -> str:
@@ -241,13 +245,23 @@ class SSHSession:
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 if time.monotonic() >= deadline:
                     raise _Deadline(f"SSH server at {self._where} did not open a channel in time ({exc})") from exc
+                if transport.is_active():        # the server refused one channel: the connection is fine
+                    log.debug("ssh %s: channel refused (%s), retrying", self._where, exc)
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+                    continue
                 if failed is transport:
                     raise ProviderError(f"cannot start a command on {self._where}: {exc}") from exc
                 log.debug("ssh %s: connection dead (%s), reopening", self._where, exc)
                 failed = transport
 
     def _command_wrapper(self, deadline: float | None = None) -> str:
-        """The wrapper that starts commands in their own session on this server (probed once)."""
+        """The wrapper that starts commands in their own session on this server (probed once,
+        by one thread: the others wait for its answer)."""
+        with self._probe_lock:
+            return self._wrapper or self._probe_wrapper(deadline)
+
+    def _probe_wrapper(self, deadline: float | None) -> str:
         if self._wrapper is None:
             channel = self._open_channel(_PROBE, deadline)
             channel.settimeout(max(0.05, (deadline or time.monotonic() + self.connect_timeout) - time.monotonic()))
@@ -311,6 +325,15 @@ class SSHSession:
         """Run ``script`` in its own session, feeding ``stdin_chunks`` then EOF while draining both
         streams. Returns the exit code, or None when ``timeout`` expired and the session was killed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._slots.acquire(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise _Deadline(f"{_MAX_COMMANDS} commands already run on {self._where} and none ended in time")
+        try:
+            return self._run_in_slot(script, stdin_chunks, on_stdout, on_stderr, timeout, deadline)
+        finally:
+            self._slots.release()
+
+    def _run_in_slot(self, script: str, stdin_chunks: Iterable[bytes] | None, on_stdout: Callable[[bytes], None],
+                     on_stderr: Callable[[bytes], None], timeout: float | None, deadline: float | None) -> int | None:
         wrapper = self._wrapper or self._command_wrapper(deadline)
         channel = self._open_channel(wrapper.format(script=shlex.quote(script)), deadline)
         pgid = _PgidLine(on_stdout)
