@@ -700,18 +700,31 @@ def import_box(box: Any, image: Optional[str] = None, base_url: Optional[str] = 
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
                 raise ProviderError(f"making image {name}: {argv[0]} failed: {r.stderr.strip()[-300:]}")
-        (root / "tmp").chmod(0o1777)
+        if not (root / "bin" / "sh").exists():         # debugfs exits 0 even when it read no file system
+            raise ProviderError(f"making image {name}: box {box.name!r} has no ext4 root file system with /bin/sh")
+        if (root / "tmp").is_dir():
+            (root / "tmp").chmod(0o1777)
         tar_path = Path(tmp) / "root.tar"
         with tarfile.open(tar_path, "w") as tar:
             for entry in sorted(root.iterdir()):
                 if entry.name != "lost+found":
                     tar.add(entry, arcname=entry.name)
         try:
+            try:
+                old = client.api.inspect_image(name)["Id"]
+            except docker.errors.NotFound:
+                old = None
             with open(tar_path, "rb") as f:
                 client.api.import_image_from_data(f.read(), repository=name.split(":")[0],
                                                   tag=name.split(":")[1] if ":" in name else "latest",
                                                   changes=[f'LABEL vmsandbox.box="{box.name}"'])
-            return client.api.inspect_image(name)["Id"]
+            new = client.api.inspect_image(name)["Id"]
+            if old and old != new:                       # the replaced image, unless layers still use it
+                try:
+                    client.api.remove_image(old)
+                except docker.errors.APIError:
+                    pass
+            return new
         except docker.errors.DockerException as exc:
             raise _map(exc, f"importing image {name}") from exc
         finally:
