@@ -110,6 +110,12 @@ def _port_range(v: Any) -> tuple[int, int]:
     return (v[0], v[1])
 
 
+def _image_name(v: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]{0,254}", v):
+        fail(f"{show(v)} is not a container image name")
+    return v
+
+
 @section
 class SandboxSection:
     default_isolation: Isolation = "vm"
@@ -117,6 +123,7 @@ class SandboxSection:
     box_directory: OptionalAbsolutePath = ""     # empty: <state_directory>/boxes
     provider: ProviderName = "libvirt"           # a name in vmsandbox.providers.PROVIDERS
     container_provider: ContainerProvider = "docker"          # the provider of isolation_type: container
+    default_image: Annotated[str, AfterValidator(_image_name)] = "vmsandbox/tiny"   # of containers
     domain_prefix: DomainPrefix = "vmsbx-"
     default_box: BoxName = "tiny"
     ttl_seconds: WholeSeconds = 3600
@@ -376,6 +383,12 @@ def _read_yaml(path: str | os.PathLike) -> dict:
 ALIASES = {
     ("sandbox", "libvirt_uri"): ("providers", "libvirt", "uri"),
     ("sandbox", "accelerator"): ("providers", "libvirt", "accelerator"),
+    # the specification's top-level keys (docs/seed-mapping.md)
+    (None, "isolation_type"): ("sandbox", "default_isolation"),
+    (None, "container_runtime"): ("sandbox", "container_provider"),
+    (None, "default_image"): ("sandbox", "default_image"),
+    (None, "provider"): ("sandbox", "provider"),
+    (None, "box"): ("sandbox", "default_box"),
 }
 
 
@@ -396,10 +409,11 @@ def _normalise(layer: dict, shown_as: dict[str, str]) -> dict:
             node = node.get(part) if isinstance(node, Mapping) else None
         if isinstance(node, Mapping) and target[-1] in node:
             shown_as.pop(new_path, None)
-        sec = layer.get(section_name)
+        sec = layer if section_name is None else layer.get(section_name)
         if not isinstance(sec, dict) or key not in sec:
             continue
         value = sec.pop(key)
+        written = key if section_name is None else f"{section_name}.{key}"
         node = layer
         for i, part in enumerate(target[:-1]):
             if node.get(part) is None:
@@ -410,10 +424,9 @@ def _normalise(layer: dict, shown_as: dict[str, str]) -> dict:
             node = node[part]
         if target[-1] in node and node[target[-1]] != value:
             raise ConfigError(f"{show(value)} conflicts with {new_path}: {show(node[target[-1]])} "
-                              f"({section_name}.{key} is a deprecated alias of it; give only {new_path})",
-                              f"{section_name}.{key}")
+                              f"({written} is an alias of it; give only {new_path})", written)
         if target[-1] not in node:
-            shown_as[new_path] = f"{section_name}.{key}"
+            shown_as[new_path] = written
         node[target[-1]] = value
     return layer
 

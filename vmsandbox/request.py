@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Mapping, Optional
 
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 
-from .config import BoxName, Config, Limits, ProviderName, container_unavailable
+from .config import BoxName, Config, Limits, ProviderName, _image_name, container_unavailable
 from .exceptions import ConfigError, ResourceLimitError
 from .schema import Cpu, Flag, Seconds, Size, fail, section, show, text, validate
 
@@ -81,6 +81,7 @@ class RequestInput:
     isolation_type: Optional[Annotated[str, BeforeValidator(_isolation)]] = None
     provider: Optional[ProviderName] = None      # default: sandbox.provider
     clone_from: Optional[Text] = None          # a snapshot id or SANDBOX:SNAPSHOT
+    image: Optional[Annotated[str, AfterValidator(_image_name)]] = None   # containers: default sandbox.default_image
     ttl_seconds: Optional[Seconds] = None
 
 
@@ -106,6 +107,11 @@ def parse_request(config: Config, request: Mapping | None) -> SandboxRequest:
             raise ConfigError(f"{given.provider!r} is not the container provider "
                               f"(sandbox.container_provider: {sb.container_provider!r})", f"{PATH}.provider")
         provider = sb.container_provider
+        if given.box is not None or given.base_image is not None:
+            raise ConfigError("a container is made from an image: give image, not box", f"{PATH}.box")
+        box = f"{provider}:{given.image or sb.default_image}"     # the provider's own box source
+    elif given.image is not None:
+        raise ConfigError("image is for containers (isolation_type: container); a VM boots a box", f"{PATH}.image")
 
     rl = given.resource_limits or ResourceLimits()
     d = sb.default_limits

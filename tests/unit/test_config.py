@@ -49,7 +49,7 @@ def test_parse_cpu():
     ({"monitoring": {"alerts": {"cpu_threshold": 120}}}, "monitoring.alerts.cpu_threshold"),
     ({"monitoring": {"limit_action": "explode"}}, "monitoring.limit_action"),
     ({"sandbox": {"accelerator": "hvf"}}, "sandbox.accelerator"),
-    ({"sandbox": {"default_isolation": "container"}}, "sandbox.default_isolation"),
+    ({"sandbox": {"default_isolation": "pod"}}, "sandbox.default_isolation"),
     ({"safety": {"validation": {"enabled": "yes"}}}, "safety.validation.enabled"),
     ({"sandbox": {"port_range": [80, 90]}}, "sandbox.port_range"),
     ({"sandbox": "flat"}, "sandbox"),
@@ -117,7 +117,7 @@ def test_bad_yaml_file(tmp_path):
     ("sandbox:\n  default_box: 7\n", "sandbox.default_box", "not a valid box name"),
     ("sandbox:\n  default_box: ../x\n", "sandbox.default_box", "not a valid box name"),
     ("safety:\n  approval_callback: not-a-callback\n", "safety.approval_callback", "module:function"),
-    ("sandbox:\n  provider: vagrant\n", "sandbox.provider", "not a provider (known: fake, libvirt"),
+    ("sandbox:\n  provider: hyperv\n", "sandbox.provider", "not a provider (known: "),
     ("sandbox:\n  default_limits: [1, 2]\n", "sandbox.default_limits", "expected a mapping"),
 ])
 def test_hostile_values_name_the_key(tmp_path, yaml_text, path, words):
@@ -254,7 +254,7 @@ def test_alias_errors_name_the_key_that_was_written(tmp_path):
 
 
 @pytest.mark.parametrize("cfg,path,words", [
-    ({"providers": {"vagrant": {}}}, "providers.vagrant", "not a provider (known: fake, libvirt"),
+    ({"providers": {"hyperv": {}}}, "providers.hyperv", "not a provider (known: "),
     ({"providers": {"libvirt": {"colour": 1}}}, "providers.libvirt.colour", "unknown key (known: accelerator, uri)"),
     ({"providers": {"libvirt": {"uri": 5}}}, "providers.libvirt.uri", "must be a string"),
     ({"providers": {"libvirt": "qemu:///system"}}, "providers.libvirt", "expected a mapping"),
@@ -299,9 +299,8 @@ def test_a_provider_registered_later_validates_its_own_section(monkeypatch):
 
 
 def test_container_isolation_needs_a_registered_container_provider(monkeypatch):
-    with pytest.raises(ConfigError, match=r"^sandbox.default_isolation: 'container' is not supported yet.*'docker'"):
-        load_config(config={"sandbox": {"default_isolation": "container"}})
-    monkeypatch.setitem(PROVIDERS, "docker", f"{__name__}.ToyProvider")
+    with pytest.raises(ConfigError, match=r"^sandbox.default_isolation: 'container' is not supported yet.*'podman'"):
+        load_config(config={"sandbox": {"default_isolation": "container", "container_provider": "podman"}})
     assert load_config(config={"sandbox": {"default_isolation": "container"}}).sandbox.default_isolation == "container"
 
 

@@ -28,7 +28,7 @@ def test_every_key():
     assert (r.box, r.limits.cpu, r.limits.memory, r.limits.disk) == ("alpine", "2", "1G", "1G")
     assert (r.network_mode, r.persistent, r.clone_from, r.ttl_seconds, r.provider) == ("nat", True, "sb:snap", 60.0, "fake")
     assert SANDBOX_KEYS == {"box", "base_image", "resource_limits", "network_mode", "persistent", "isolation_type",
-                            "clone_from", "ttl_seconds", "provider"}
+                            "clone_from", "ttl_seconds", "provider", "image"}
 
 
 def test_base_image_is_an_alias_of_box():
@@ -60,8 +60,8 @@ def test_base_image_is_an_alias_of_box():
     ({"ttl_seconds": True}, "sandbox config.ttl_seconds", "must be a number of seconds"),
     ({"ttl_seconds": 10 ** 400}, "sandbox config.ttl_seconds", "at most"),
     ({"isolation_type": "chroot"}, "sandbox config.isolation_type", "not supported yet"),
-    ({"isolation_type": "container"}, "sandbox config.isolation_type", "'container' is not supported yet"),
-    ({"provider": "vagrant"}, "sandbox config.provider", "'vagrant' is not a provider (known: fake, libvirt"),
+    ({"isolation_type": "vm", "image": "x/y"}, "sandbox config.image", "image is for containers"),
+    ({"provider": "hyperv"}, "sandbox config.provider", "'hyperv' is not a provider (known: "),
     ({"provider": 3}, "sandbox config.provider", "not a provider"),
     ({"box": ""}, "sandbox config.box", "not a valid box name"),
     ({"box": 5}, "sandbox config.box", "not a valid box name"),

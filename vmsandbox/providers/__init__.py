@@ -11,6 +11,7 @@ from .base import Capability, Endpoint, MachineSpec, Provider, ProviderCheck, Sn
 PROVIDERS = {
     "libvirt": "vmsandbox.providers.libvirt.provider.LibvirtProvider",
     "fake": "vmsandbox.providers.fake.FakeProvider",
+    "docker": "vmsandbox.providers.docker.DockerProvider",
 }
 
 
