@@ -5,10 +5,17 @@ subshells, groups, loop/if/case/function bodies, command and process substitutio
 here-strings), word normalisation (quotes, backslashes, ANSI-C strings, ``$IFS``, variables assigned
 earlier in the same script), wrapper stripping (sudo, env, timeout, xargs, find -exec, ...) and the
 re-parsing of nested scripts (``sh -c``, ``eval``, ``su -c``, text fed to a shell's stdin, shell
-strings inside inline interpreter code) up to ``MAX_DEPTH``. Rules never see tree-sitter nodes.
+strings inside inline interpreter code, option arguments that run commands: ``tar
+--checkpoint-action=exec=``, ``git -c core.pager=``, ``ssh -o ProxyCommand=``, ...) up to
+``MAX_DEPTH``. It also follows the simple dataflow of one command line, in order: the working
+directory (``cd``/``pushd``), variables (with ``${X:-default}``, ``read <<<``, ``for`` values,
+``set --``), function bodies applied to their call arguments, symlinks made with ``ln -s``, files
+written with literal text and then run, and glob command names matched against known commands.
+Rules never see tree-sitter nodes.
 """
 from __future__ import annotations
 
+import fnmatch
 import posixpath
 import re
 import threading
@@ -81,7 +88,34 @@ _WRAPPERS: dict[str, tuple[frozenset, int]] = {
     "systemd-run": (frozenset({"-p", "--property", "-u", "--unit", "-M", "--machine", "-E", "--setenv",
                                "--uid", "--gid", "--nice", "--slice"}), 0),
 }
+_WRAPPERS.update({
+    "ssh-agent": (frozenset({"-a", "-E", "-t", "-P"}), 0),
+    "dbus-run-session": (frozenset(), 0),
+    "xvfb-run": (frozenset({"-n", "-s", "-f", "-e", "-p"}), 0),
+    "prlimit": (frozenset({"-p", "--pid"}), 0),
+})
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+MAX_LOOP_VALUES = 8                # a for loop's body is followed once per literal value, up to this
+_MAX_CALL_DEPTH = 3                # function bodies re-walked for their call arguments, nested this deep
+_GLOB_RE = re.compile(r"[*?]|\[[^\]/]+\]")
+
+# Command names a glob in a command name (``/bin/r?``, ``/usr/bin/[r]m``) is matched against: the
+# programs the rule packs and the nested-script reader know. tests check the rule dispatch is in here.
+KNOWN_COMMANDS = frozenset("""
+rm unlink rmdir shred wipe srm find rsync mv cp install ln tee truncate sed dd chmod chown chgrp setfacl
+kill killall pkill killall5 skill systemctl service rc-service sv invoke-rc.d ssh sshd dropbear scp sftp
+shutdown reboot halt poweroff init telinit kexec iptables ip6tables iptables-legacy iptables-nft ebtables
+arptables nft ufw firewall-cmd insmod modprobe rmmod sysctl ip ifconfig ifdown nmcli umount mount visudo
+sudoedit useradd usermod adduser gpasswd passwd chpasswd chage pwconv vipw vigr setcap setfattr socat nc ncat
+netcat crontab swapoff swapon history git tar zip vim vi nvim view ex rvim less more man gdb apt apt-get
+curl wget base64 xxd mkfs mkfs.ext2 mkfs.ext3 mkfs.ext4 mkfs.xfs mkfs.btrfs mkfs.vfat mke2fs mkswap mkdosfs
+wipefs fdisk sfdisk gdisk sgdisk cfdisk parted blkdiscard cryptsetup eval source su sg trap alias watch
+python python3 perl ruby node php lua awk gawk
+""".split()) | SHELLS | frozenset(_WRAPPERS)
+
+# Variables whose value a program runs as a command (git, man, less, ssh-askpass, bash's BASH_ENV ...).
+COMMAND_VARIABLES = frozenset("""GIT_SSH_COMMAND GIT_PAGER GIT_EDITOR GIT_SEQUENCE_EDITOR GIT_EXTERNAL_DIFF
+GIT_ASKPASS SSH_ASKPASS PAGER MANPAGER SYSTEMD_PAGER EDITOR VISUAL PROMPT_COMMAND BASH_ENV ENV""".split())
 
 
 @dataclass(eq=False)
@@ -98,6 +132,8 @@ class Word:
     literal: bool = True
     dynamic: bool = False
     inner: tuple = ()
+    glob: bool = False      # holds an unquoted * ? [..]: the shell expands it to matching paths
+    each: bool = False      # stands for every path under it (find ROOT -exec CMD {}, find | xargs)
 
 
 @dataclass(eq=False)
@@ -129,6 +165,8 @@ class SimpleCommand:
     inline_code: Optional[Word] = None   # program text of python -c, perl -e, awk, ... or fed on stdin
     script_word: Optional[Word] = None   # the script of sh -c / eval / su -c
     origin: tuple = ()
+    cwd: Optional[str] = None            # working directory from earlier cd/pushd ("/etc", "~", "repo")
+    links: tuple = ()                    # (link, target) symlinks made earlier in the line
 
     @property
     def argv(self) -> list[str]:
@@ -147,6 +185,14 @@ class FunctionDef:
 
 
 @dataclass(eq=False)
+class Loop:
+    """A while/until/for loop: ``unbounded`` when its condition is constant (``while true``, ``for ((;;))``)."""
+    span: Optional[tuple[int, int]]
+    unbounded: bool
+    body: list[SimpleCommand]
+
+
+@dataclass(eq=False)
 class Script:
     """Everything the walk found in one command line, nested scripts included."""
     source: str
@@ -155,6 +201,9 @@ class Script:
     functions: list[FunctionDef] = field(default_factory=list)
     problems: list[tuple[str, Optional[tuple[int, int]], str]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)        # every script text parsed
+    assignments: list[tuple[str, Word]] = field(default_factory=list)   # NAME=value, export/declare too
+    unsets: list[tuple[str, Optional[tuple[int, int]]]] = field(default_factory=list)
+    loops: list[Loop] = field(default_factory=list)
 
 
 def parse_script(source: str) -> Script:
@@ -255,6 +304,12 @@ class _Walker:
         self.script = script
         self.vars: dict[str, str] = {}
         self.function_stack: list[str] = []
+        self.positional: Optional[list[Word]] = None    # $1.. of sh -c, a function call, set --
+        self.cwd: Optional[str] = None                  # None: the sandbox's work directory
+        self.links: tuple = ()                          # (link, target) from ln -s, in order
+        self.files: dict[str, str] = {}                 # path -> literal text written to it
+        self.functions: dict[str, tuple] = {}           # name -> (body node, source)
+        self.pending_input: Optional[str] = None        # literal stdin of the loop being walked
 
     # --- entry points ---------------------------------------------------------------------------
 
@@ -264,6 +319,10 @@ class _Walker:
             self.script.problems.append(("evasion.nesting-too-deep", fallback,
                                          f"Scripts are nested more than {MAX_DEPTH} levels deep"))
             return []
+        if "\\\n" in text:      # r\<newline>m is rm: bash drops line continuations before splitting words
+            joined = _join_continuations(text)
+            if joined != text:
+                text, base = joined, None
         self.script.texts.append(text)
         src = _Source(text, depth, base, fallback)
         tree = _parser().parse(src.data)
@@ -301,6 +360,17 @@ class _Walker:
             return self._function(node, src)
         if t == "variable_assignment":
             return self._assignment(node, src)
+        if t == "for_statement":
+            return self._for(node, src)
+        if t in ("while_statement", "c_style_for_statement"):
+            return self._loop(node, src)
+        if t == "unset_command":
+            for c in node.children:
+                if c.type in ("variable_name", "word"):
+                    name = src.raw(c)
+                    self.vars.pop(name, None)
+                    self.script.unsets.append((name, src.span(c)))
+            return []
         out: list[SimpleCommand] = []
         children = node.children
         for i, child in enumerate(children):
@@ -323,7 +393,64 @@ class _Walker:
             self.vars[name] = value.text
         else:
             self.vars.pop(name, None)
-        return list(value.inner)
+        return list(value.inner) + self._assigned(name, value, src)
+
+    def _assigned(self, name: str, value: Word, src: _Source) -> list[SimpleCommand]:
+        """Record ``NAME=value``; a variable that a program runs as a command is parsed as one."""
+        self.script.assignments.append((name, value))
+        if name in COMMAND_VARIABLES and value.text.strip():
+            return self.nested(value, value.text, src)
+        return []
+
+    def _for(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
+        """``for v in a b; do BODY; done``: BODY is followed once per literal value (up to a cap)."""
+        var, values, body, out = None, [], None, []
+        seen_in = False
+        for c in node.children:
+            if c.type == "variable_name" and var is None:
+                var = src.raw(c)
+            elif c.type == "in":
+                seen_in = True
+            elif c.type == "do_group":
+                body = c
+            elif seen_in and c.is_named and c.type != "comment":
+                w = self._word(c, src)
+                out.extend(w.inner)
+                values.extend(self._expand_positional(c, src) or [w])
+        if not seen_in:
+            values = list(self.positional or [])
+        if body is None or var is None:
+            return out
+        bodies: list[SimpleCommand] = []
+        literal = [v for v in values if v.literal][:MAX_LOOP_VALUES]
+        if not values or any(not v.literal for v in values):
+            self.vars.pop(var, None)
+            bodies.extend(self._walk(body, src))
+        for v in literal:
+            self.vars[var] = v.text
+            bodies.extend(self._walk(body, src))
+        self.script.loops.append(Loop(src.span(node), False, bodies))
+        return out + bodies
+
+    def _loop(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
+        """while/until and ``for ((...))``: the body, plus whether the condition never ends the loop."""
+        cond: list[SimpleCommand] = []
+        body: list[SimpleCommand] = []
+        keyword = node.children[0].type if node.children else ""
+        unbounded = False
+        if node.type == "c_style_for_statement":
+            semis = [i for i, c in enumerate(node.children) if c.type == ";"]
+            middle = node.children[semis[0] + 1:semis[1]] if len(semis) >= 2 else [None]
+            unbounded = not [c for c in middle if c is not None and c.is_named]
+        for c in node.children:
+            if c.type == "do_group":
+                body.extend(self._walk(c, src))
+            elif node.type == "while_statement" and c.is_named:
+                cond.extend(self._walk(c, src))
+        if node.type == "while_statement":
+            unbounded = bool(cond) and all(_constant_condition(c, keyword == "until") for c in cond)
+        self.script.loops.append(Loop(src.span(node), unbounded, body))
+        return cond + body
 
     def _function(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
         name_node = node.child_by_field_name("name")
@@ -336,14 +463,54 @@ class _Walker:
             self.function_stack.pop()
         calls = [c for c in cmds if c.name == name]
         self.script.functions.append(FunctionDef(name, src.span(node), calls))
+        if body is not None:
+            self.functions[name] = (body, src)
         return cmds
+
+    def _call(self, cmd: SimpleCommand) -> list[SimpleCommand]:
+        """A call of a function defined earlier: walk its body again with ``$1 $@ ...`` bound."""
+        body, src = self.functions[cmd.name]
+        if cmd.name in self.function_stack or len(self.function_stack) >= _MAX_CALL_DEPTH:
+            return []
+        saved_vars, saved_pos = dict(self.vars), self.positional
+        self._bind(cmd.args)
+        self.function_stack.append(cmd.name)
+        try:
+            return self._walk(body, src)
+        finally:
+            self.function_stack.pop()
+            for k in [k for k in self.vars if k.isdigit() or k in ("@", "*", "#")]:
+                self.vars.pop(k)
+            self.vars.update({k: v for k, v in saved_vars.items() if k.isdigit() or k in ("@", "*", "#")})
+            self.positional = saved_pos
+
+    def _bind(self, args: list[Word]) -> None:
+        """Set the positional parameters ``$1 ... $@ $* $#``."""
+        self.positional = list(args)
+        for k in [k for k in self.vars if k.isdigit() and k != "0"]:
+            self.vars.pop(k)
+        for i, a in enumerate(args, 1):
+            if a.literal:
+                self.vars[str(i)] = a.text
+        if all(a.literal for a in args):
+            self.vars["@"] = self.vars["*"] = " ".join(a.text for a in args)
+        else:
+            self.vars.pop("@", None)
+            self.vars.pop("*", None)
+        self.vars["#"] = str(len(args))
 
     def _pipeline(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
         stages = [c for c in node.children if c.type not in ("|", "|&")]
         out: list[SimpleCommand] = []
         previous: list[SimpleCommand] = []
         for stage in stages:
-            cmds = self._walk(stage, src)
+            saved = self.pending_input
+            if previous and stage.type in ("while_statement", "command"):
+                self.pending_input = _emitted_line(previous)      # echo / | read x; ls / | while read d
+            try:
+                cmds = self._walk(stage, src)
+            finally:
+                self.pending_input = saved
             self._link(out, previous, cmds, src)
             out.extend(cmds)
             previous = cmds
@@ -369,10 +536,28 @@ class _Walker:
                 text = _emitted_text(f)
                 if text is not None:
                     cmds.extend(self._feed(c, text, src))
+                    if c.name == "tee":                     # echo CMD | tee x.sh: x.sh holds CMD
+                        for a in c.args:
+                            if not a.text.startswith("-"):
+                                self._wrote(a.text, text.text, "-a" in c.argv or "--append" in c.argv)
 
     def _redirected(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
         body = node.child_by_field_name("body")
-        cmds = self._walk(body, src) if body is not None else []
+        saved = self.pending_input
+        if body is not None and body.type == "while_statement":    # while read x; do ...; done <<< /srv
+            for child in node.children:
+                if child.type == "herestring_redirect":
+                    words = [c for c in child.children if c.is_named]
+                    if words and words[0].type in ("word", "raw_string"):
+                        self.pending_input = _plain(src.raw(words[0]))
+                elif child.type == "heredoc_redirect":
+                    hb = next((c for c in child.children if c.type == "heredoc_body"), None)
+                    if hb is not None:
+                        self.pending_input = src.raw(hb).split("\n", 1)[0]
+        try:
+            cmds = self._walk(body, src) if body is not None else []
+        finally:
+            self.pending_input = saved
         owners = [c for c in cmds if body is not None and c.origin == (id(src), body.start_byte, body.end_byte)]
         owner = owners[0] if owners else None
         extra: list[SimpleCommand] = []
@@ -380,7 +565,26 @@ class _Walker:
             if child == body:
                 continue
             extra.extend(self._redirect(child, src, owner, cmds))
+        if owner is not None:
+            for red in owner.redirects:                # echo 'rm -rf /' > x.sh: x.sh holds that text
+                if red.writes and red.op in (">", ">>", ">|", "&>", "&>>"):
+                    text = _emitted_text(owner)
+                    self._wrote(red.target.text, text.text if text is not None and text.literal else None,
+                                red.op.endswith(">>"))
         return cmds + extra
+
+    def _wrote(self, path: str, text: Optional[str], append: bool) -> None:
+        key = self._abspath(path)
+        if text is None:
+            self.files.pop(key, None)
+        else:
+            self.files[key] = (self.files.get(key, "") + "\n" if append and key in self.files else "") + text
+
+    def _abspath(self, path: str) -> str:
+        """``path`` against the tracked working directory, normalised (relative if that is unknown)."""
+        if self.cwd and not path.startswith(("/", "~", "$")):
+            path = posixpath.join(self.cwd, path)
+        return posixpath.normpath(path) if path else path
 
     def _redirect(self, node: tree_sitter.Node, src: _Source, owner: Optional[SimpleCommand],
                   owned: list[SimpleCommand]) -> list[SimpleCommand]:
@@ -404,6 +608,8 @@ class _Walker:
                 owner.redirects.append(red)
                 if op == "<" and target.inner:           # sh < <(curl ...)
                     self._link([], list(target.inner), [owner], src)
+                elif op == "<" and self._abspath(target.text) in self.files:   # sh < x.sh written earlier
+                    out.extend(self._feed(owner, Word(self.files[self._abspath(target.text)], target.span), src))
         elif t == "herestring_redirect":
             word_nodes = [c for c in node.children if c.is_named]
             if word_nodes:
@@ -411,6 +617,8 @@ class _Walker:
                 out.extend(w.inner)
                 if owner is not None:
                     owner.stdin_text = w
+                    if owner.name == "read" and w.literal:
+                        self._read(owner, w.text)
                     _xargs_input(owner, [Word(t, w.span, w.literal, w.dynamic) for t in w.text.split()])
                     out.extend(self._feed(owner, w, src))
         elif t == "heredoc_redirect":
@@ -449,8 +657,12 @@ class _Walker:
             t = child.type
             if t == "variable_assignment":
                 value = child.child_by_field_name("value")
+                var = child.child_by_field_name("name")
                 if value is not None:
-                    other.extend(self._word(value, src).inner)
+                    w = self._word(value, src)
+                    other.extend(w.inner)
+                    if var is not None:
+                        other.extend(self._assigned(src.raw(var), w, src))
             elif t == "command_name":
                 inner = child.children[0] if child.children else child
                 name_word = self._word(inner, src)
@@ -459,7 +671,7 @@ class _Walker:
             elif t in ("file_redirect", "heredoc_redirect"):
                 pass   # handled by _redirected
             elif child.is_named:
-                args.append(self._word(child, src))
+                args.extend(self._expand_positional(child, src) or [self._word(child, src)])
         if name_word is None:
             return other
         for w in [name_word, *args]:
@@ -477,13 +689,99 @@ class _Walker:
             primary.append(SimpleCommand(name, name_w, argv, src.span(node), src.depth,
                                          tuple(wrappers), origin=origin))
         out: list[SimpleCommand] = []
+        if name_word.glob and _GLOB_RE.search(command_name(name_word.text)) and primary[0].name in KNOWN_COMMANDS:
+            self.script.problems.append((
+                "evasion.glob-command", name_word.span,
+                f"The command name {name_word.text!r} is a glob that can run "
+                + ", ".join(sorted({c.name for c in primary if c.name})[:6])))
         for cmd in primary:
+            cmd.cwd, cmd.links = self.cwd, self.links
             self.script.commands.append(cmd)
             out.append(cmd)
             out.extend(self._nested_of(cmd, src))
         for h in herestrings:
             out.extend(self._redirect(h, src, primary[0], primary))
+        for cmd in primary:
+            out.extend(self._effects(cmd, src))
         return out + other
+
+    def _expand_positional(self, node: tree_sitter.Node, src: _Source) -> Optional[list[Word]]:
+        """``"$@"`` / ``$*`` with known positional parameters: one word per parameter."""
+        if self.positional is None:
+            return None
+        inner = node
+        if node.type == "string":
+            named = [c for c in node.children if c.is_named]
+            if len(named) != 1:
+                return None
+            inner = named[0]
+        if inner.type != "simple_expansion" or src.raw(inner) not in ("$@", "$*"):
+            return None
+        span = src.span(node)
+        return [Word(a.text, span, a.literal, True, (), a.glob, a.each) for a in self.positional]
+
+    def _effects(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
+        """What a command changes for the commands after it: cwd, symlinks, variables; and the
+        function bodies and written files it runs."""
+        name, args = cmd.name, cmd.args
+        if name in ("cd", "pushd", "popd", "chdir"):
+            ops = [a for a in args if not (a.text.startswith("-") and len(a.text) > 1)]
+            if name == "popd" or ops and (ops[0].text == "-" or not ops[0].literal):
+                self.cwd = None
+            else:
+                target = ops[0].text if ops else "~"
+                self.cwd = self._abspath(target)
+        elif name == "ln" and any(a.text in ("-s", "--symbolic") or a.text.startswith("-") and
+                                  not a.text.startswith("--") and "s" in a.text for a in args):
+            ops = [a for a in args if not a.text.startswith("-")]
+            if ops and all(a.literal for a in ops):
+                target = ops[0].text
+                link = ops[1].text if len(ops) > 1 else posixpath.basename(target.rstrip("/"))
+                if link.endswith("/"):
+                    link += posixpath.basename(target.rstrip("/"))
+                self.links = self.links + ((self._abspath(link), target),)
+        elif name == "set" and args and args[0].text == "--":
+            self._bind(args[1:])
+        elif name == "read" and cmd.stdin_text is None and self.pending_input is not None:
+            self._read(cmd, self.pending_input)
+        if name in self.functions:
+            return self._call(cmd)
+        return self._run_written(cmd, src)
+
+    def _run_written(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
+        """``sh x.sh``, ``. ./x.sh``, ``./x.sh`` of a file written with literal text earlier in the line."""
+        if not self.files:
+            return []
+        runs: Optional[Word] = None
+        if "/" in cmd.name_word.text and self._abspath(cmd.name_word.text) in self.files:
+            runs = cmd.name_word
+        elif cmd.name in SHELLS and _shell_script(cmd.args) is None or cmd.name in ("source", ".") \
+                or is_interpreter(cmd.name):
+            runs = next((a for a in cmd.args if not a.text.startswith(("-", "+"))), None)
+        if runs is None or self._abspath(runs.text) not in self.files:
+            return []
+        text = Word(self.files[self._abspath(runs.text)], runs.span)
+        if is_interpreter(cmd.name):
+            cmd.inline_code = text
+            return self._code_strings(text, src)
+        cmd.script_word = text
+        return self.nested(text, text.text, src)
+
+    def _read(self, cmd: SimpleCommand, text: str) -> None:
+        """``read a b <<< 'x y z'``: a=x, b='y z' (the first line; REPLY when no name is given)."""
+        names: list[str] = []
+        skip = False
+        for a in cmd.args:
+            if skip:
+                skip = False
+            elif a.text in ("-p", "-d", "-n", "-N", "-t", "-u", "-a", "-i"):
+                skip = True
+            elif not a.text.startswith("-"):
+                names.append(a.text)
+        names = names or ["REPLY"]
+        fields = text.split("\n", 1)[0].split(None, len(names) - 1)
+        for i, n in enumerate(names):
+            self.vars[n] = fields[i] if i < len(fields) else ""
 
     def _nested_of(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
         """Scripts a command runs: sh -c, eval, su -c, trap, alias, watch, inline interpreter code."""
@@ -515,17 +813,37 @@ class _Walker:
                 cmd.inline_code = code
                 return self._code_strings(code, src)
             return []
+        elif name in _OPTION_EXEC:          # tar --checkpoint-action=exec=..., git -c core.pager=... (GTFOBins)
+            out: list[SimpleCommand] = []
+            for w, is_code in _OPTION_EXEC[name](args):
+                if cmd.script_word is None:
+                    cmd.script_word = w
+                out.extend(self._code_strings(w, src) if is_code else self.nested(w, w.text, src))
+            return out
+        if script is None and (name in SHELLS or name in ("source", ".")):
+            # source <(echo 'rm -rf /'), bash <(printf ...): run what the substitution prints
+            first = next((a for a in args if not a.text.startswith(("-", "+"))), None)
+            if first is not None and first.text.startswith("<(") and first.inner:
+                out = []
+                for inner in first.inner:
+                    text = _emitted_text(inner)
+                    if text is not None and text.literal:
+                        out.extend(self.nested(first, text.text, src))
+                return out
         if script is None:
             return []
         cmd.script_word = script
         if name in SHELLS:   # sh -c 'script' $0 $1 ...: the positional parameters are known
             after = cmd.args[next(i for i, a in enumerate(cmd.args) if a is script) + 1:]
-            saved = dict(self.vars)
-            self.vars.update({str(i): a.text for i, a in enumerate(after) if a.literal})
+            saved, saved_pos = dict(self.vars), self.positional
+            if after:
+                self._bind(after[1:])
+                if after[0].literal:
+                    self.vars["0"] = after[0].text
             try:
                 return self.nested(script, script.text, src)
             finally:
-                self.vars = saved
+                self.vars, self.positional = saved, saved_pos
         return self.nested(script, script.text, src)
 
     def _feed(self, cmd: SimpleCommand, text: Word, src: _Source) -> list[SimpleCommand]:
@@ -563,7 +881,8 @@ class _Walker:
         state = {"literal": True, "dynamic": False}
         inner: list[SimpleCommand] = []
         self._word_text(node, src, parts, state, inner)
-        return Word("".join(parts), src.span(node), state["literal"], state["dynamic"], tuple(inner))
+        return Word("".join(parts), src.span(node), state["literal"], state["dynamic"], tuple(inner),
+                    _is_glob(node, src))
 
     def _word_text(self, node: tree_sitter.Node, src: _Source, parts: list[str], state: dict,
                    inner: list[SimpleCommand]) -> None:
@@ -590,17 +909,45 @@ class _Walker:
             var = next((c for c in node.children if c.type in ("variable_name", "special_variable_name")), None)
             simple = len([c for c in node.children if c.is_named]) == 1
             name = src.raw(var) if var is not None else ""
+            op = next((c.type for c in node.children if c.type in _DEFAULT_OPS), None)
             if simple and name == "IFS":
                 parts.append(" ")
                 state["dynamic"] = True
             elif simple and name in self.vars:
                 parts.append(self.vars[name])
                 state["dynamic"] = True
+            elif op is not None and var is not None:
+                # ${X:-/} ${X:=/} ${X-/}: the default is what runs when X is unset (or empty)
+                value = self.vars.get(name)
+                default = [c for c in node.children if c.is_named and c is not var]
+                use_default = value is None or (value == "" and op.startswith(":"))
+                if op in (":+", "+"):
+                    use_default = not use_default
+                    value = ""
+                if use_default:
+                    sub: list[str] = []
+                    for c in default:
+                        self._word_text(c, src, sub, state, inner)
+                    value = "".join(sub)
+                    if op in (":=", "="):
+                        self.vars[name] = value
+                parts.append(value or "")
+                state["dynamic"] = True
             else:
                 parts.append(src.raw(node))
                 state["literal"] = False
                 inner.extend(self._walk(node, src))
-        elif t in ("command_substitution", "process_substitution", "arithmetic_expansion"):
+        elif t == "command_substitution":
+            cmds = self._walk(node, src)
+            inner.extend(cmds)
+            text = _emitted_text(cmds[0]) if len(cmds) == 1 else None
+            if text is not None and text.literal:      # $(printf rm), `echo /`: the printed text
+                parts.append(text.text.rstrip("\n"))
+                state["dynamic"] = True
+            else:
+                parts.append(src.raw(node))
+                state["literal"] = False
+        elif t in ("process_substitution", "arithmetic_expansion"):
             parts.append(src.raw(node))
             state["literal"] = False
             inner.extend(self._walk(node, src))
@@ -611,6 +958,50 @@ class _Walker:
 
 
 # --- helpers on words ---------------------------------------------------------------------------
+
+_DEFAULT_OPS = frozenset({":-", "-", ":=", "=", ":+", "+"})
+
+
+def _is_glob(node: tree_sitter.Node, src: _Source) -> bool:
+    """An unquoted ``*``, ``?`` or ``[..]`` in the word: the shell expands it against paths."""
+    if node.type == "word":
+        return bool(_GLOB_RE.search(re.sub(r"\\.", "", src.raw(node))))
+    if node.type == "concatenation":
+        raw = "".join(re.sub(r"\\.", "", src.raw(c)) if c.type == "word" else "\0" for c in node.children)
+        return bool(_GLOB_RE.search(raw))
+    return node.type == "extglob_pattern"
+
+
+def _plain(raw: str) -> str:
+    return raw[1:-1] if raw[:1] == "'" and raw[-1:] == "'" else _unescape_unquoted(raw)
+
+
+def _join_continuations(text: str) -> str:
+    """Drop backslash-newline outside single quotes, as bash does before it splits words."""
+    out: list[str] = []
+    i, quote = 0, False
+    while i < len(text):
+        ch = text[i]
+        if ch == "'" and not (out and out[-1] == "\\" and not quote):
+            quote = not quote
+        if ch == "\\" and not quote and text[i + 1:i + 2] == "\n":
+            i += 2
+            continue
+        out.append(ch)
+        if ch == "\\" and not quote and i + 1 < len(text):
+            out.append(text[i + 1])
+            i += 1
+        i += 1
+    return "".join(out)
+
+
+def _constant_condition(cmd: SimpleCommand, until: bool) -> bool:
+    """A loop condition that never ends the loop: ``true``, ``:``, ``sleep N``, ``[ 1 ]``; ``false`` for until."""
+    if until:
+        return cmd.name == "false"
+    if cmd.name in ("true", ":", "sleep"):
+        return True
+    return cmd.name in ("[", "test") and len([a for a in cmd.args if a.text != "]"]) == 1
 
 def _first_error(node: tree_sitter.Node) -> Optional[tree_sitter.Node]:
     if node.type == "ERROR" or node.is_missing:
@@ -775,13 +1166,32 @@ def _xargs_input(cmd: SimpleCommand, words: list[Word]) -> None:
 
 
 def _emitted_args(cmd: SimpleCommand) -> list[Word]:
-    """Words ``xargs`` would append: echo/printf output, or the roots that ``find`` lists."""
+    """Words ``xargs`` would append: echo/printf output, the paths ``find`` lists (every path under
+    its roots), or the entries ``ls DIR`` lists (``DIR/*``)."""
     if cmd.name == "find":
-        return [a for a in find_roots(cmd.args)]
+        return [Word(a.text, a.span, a.literal, a.dynamic, (), a.glob, True) for a in find_roots(cmd.args)]
+    if cmd.name == "ls":
+        dirs = [a for a in cmd.args if not a.text.startswith("-")] or [Word(".", cmd.span)]
+        return [Word(posixpath.join(a.text, "*"), a.span, a.literal, a.dynamic, (), True) for a in dirs]
     text = _emitted_text(cmd)
     if text is None:
         return []
     return [Word(t, text.span, text.literal, text.dynamic) for t in text.text.split()]
+
+
+def find_name_filter(args: list[Word]) -> Optional[str]:
+    """The pattern of ``find ... -name PATTERN`` (the first one), or None."""
+    return next((args[k + 1].text for k, a in enumerate(args[:-1]) if a.text in ("-name", "-iname")), None)
+
+
+def _emitted_line(cmds: list[SimpleCommand]) -> Optional[str]:
+    """The first line a pipeline stage prints, when it is literal (``read`` gets it)."""
+    for c in cmds:
+        words = _emitted_args(c)
+        if words and all(w.literal for w in words):
+            text = _emitted_text(c)
+            return text.text.split("\n", 1)[0] if text is not None else " ".join(w.text for w in words)
+    return None
 
 
 def find_roots(args: list[Word]) -> list[Word]:
@@ -802,6 +1212,16 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
     wrappers: list[str] = []
     for _ in range(16):
         base = command_name(name.text) if name.literal else None
+        if name.glob and base and _GLOB_RE.search(base):
+            # /bin/r? -rf /: the glob can expand to any matching program; follow each known one
+            matches = sorted(n for n in KNOWN_COMMANDS if fnmatch.fnmatchcase(n, base))
+            if matches:
+                out: list[tuple[Word, list[Word], list[str]]] = []
+                for m in matches:
+                    out.extend(_unwrap(Word(m, name.span), list(args)))
+                for entry in out:
+                    entry[2][:0] = wrappers
+                return out
         if base == "find":
             return [(name, args, wrappers)] + _find_exec(args, wrappers)
         if base not in _WRAPPERS or (base == "command" and any(a.text in ("-v", "-V") for a in args)):
@@ -839,6 +1259,7 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
 def _find_exec(args: list[Word], wrappers: list[str]) -> list[tuple[Word, list[Word], list[str]]]:
     roots = find_roots(args)
     root_text = roots[0].text if roots else "."
+    name_filter = find_name_filter(args)
     out: list[tuple[Word, list[Word], list[str]]] = []
     i = 0
     while i < len(args):
@@ -846,8 +1267,11 @@ def _find_exec(args: list[Word], wrappers: list[str]) -> list[tuple[Word, list[W
             j = i + 1
             while j < len(args) and args[j].text not in (";", "+"):
                 j += 1
-            clause = [Word(a.text.replace("{}", root_text), a.span, a.literal, a.dynamic, a.inner)
-                      for a in args[i + 1:j]]
+            # {} is every path under the root (or every match of a literal -name under it)
+            each = root_text if name_filter is None else posixpath.join(root_text, name_filter)
+            glob = name_filter is not None and bool(_GLOB_RE.search(name_filter))
+            clause = [Word(a.text.replace("{}", each), a.span, a.literal, a.dynamic, a.inner, a.glob or glob,
+                           "{}" in a.text) for a in args[i + 1:j]]
             if clause:
                 out.extend(_unwrap(clause[0], clause[1:]))
                 for entry in out:
@@ -856,3 +1280,160 @@ def _find_exec(args: list[Word], wrappers: list[str]) -> list[tuple[Word, list[W
             i = j
         i += 1
     return out
+
+
+# --- option arguments that run commands (the GTFOBins family) ------------------------------------
+
+def _sub(w: Word, text: str) -> Word:
+    return Word(text, w.span, w.literal, w.dynamic, w.inner)
+
+
+def _opt_values(args: list[Word], names: tuple[str, ...], attached: tuple[str, ...] = ()) -> list[Word]:
+    """Values of ``--opt=V``, ``--opt V``, ``-o V`` and, for ``attached`` short options, ``-oV``."""
+    out: list[Word] = []
+    for i, a in enumerate(args):
+        t = a.text
+        for n in names:
+            if t == n and i + 1 < len(args):
+                out.append(args[i + 1])
+            elif n.startswith("--") and t.startswith(n + "="):
+                out.append(_sub(a, t[len(n) + 1:]))
+        for n in attached:
+            if t.startswith(n) and len(t) > len(n) and not t.startswith("--"):
+                out.append(_sub(a, t[len(n):]))
+    return out
+
+
+def _tar_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    out = [(w, False) for w in _opt_values(args, ("--to-command", "--use-compress-program", "-I", "--info-script",
+                                                  "--new-volume-script", "-F", "--rsh-command"), ("-I",))]
+    for w in _opt_values(args, ("--checkpoint-action",)):
+        m = re.match(r"^(exec|shell)[=:](.*)$", w.text, re.S)
+        if m:
+            out.append((_sub(w, m.group(2)), False))
+    return out
+
+
+_GIT_EXEC_KEY = re.compile(r"^(core\.(pager|editor|sshcommand|fsmonitor|askpass|gitproxy)|sequence\.editor"
+                           r"|diff\.external|gpg(\.\w+)?\.program|credential(\..*)?\.helper|uploadpack\.packobjectshook"
+                           r"|remote\..*\.(uploadpack|receivepack)|pager\..*|alias\..*|filter\..*\.(clean|smudge|process)"
+                           r"|diff\..*\.(textconv|command)|merge\..*\.driver|(merge|diff)tool\..*\.cmd|browser\..*\.cmd"
+                           r"|web\.browser|sendemail\.(sendmailcmd|smtpserver))$", re.IGNORECASE)
+
+
+def _git_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    out: list[tuple[Word, bool]] = []
+    for w in _opt_values(args, ("-c",)):
+        key, _, value = w.text.partition("=")
+        if _GIT_EXEC_KEY.match(key) and value.strip():
+            if key.lower().startswith(("alias.", "credential")) and not value.startswith("!"):
+                continue          # a plain alias is git arguments, a plain helper a git-credential-* name
+            out.append((_sub(w, value[1:] if value.startswith("!") else value), False))
+    out.extend((w, False) for w in _opt_values(args, ("--upload-pack", "--receive-pack", "-u", "--exec"))
+               if args and args[0].text in ("clone", "fetch", "pull", "ls-remote", "push", "archive"))
+    return out
+
+
+_SSH_EXEC_OPT = re.compile(r"^(ProxyCommand|LocalCommand|KnownHostsCommand)\s*[= ]\s*(.+)$", re.IGNORECASE | re.S)
+
+
+def _ssh_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    out: list[tuple[Word, bool]] = []
+    for w in _opt_values(args, ("-o",), ("-o",)):
+        m = _SSH_EXEC_OPT.match(w.text.strip())
+        if m and m.group(2).strip().lower() != "none":
+            out.append((_sub(w, m.group(2)), False))
+    out.extend((w, False) for w in _opt_values(args, ("-S",)))     # scp/sftp -S program
+    return out
+
+
+def _rsync_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    return [(w, False) for w in _opt_values(args, ("-e", "--rsh"), ("-e",))]
+
+
+def _zip_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    return [(w, False) for w in _opt_values(args, ("-TT", "--unzip-command"))]
+
+
+def _vim_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``vim -c ':!cmd'``, ``+'!cmd'``, ``--cmd``: ex commands; ``!`` runs a shell, ``system()`` too."""
+    cmds = _opt_values(args, ("-c", "--cmd")) + [_sub(a, a.text[1:]) for a in args
+                                                  if a.text.startswith("+") and not a.text[1:].isdigit()]
+    out: list[tuple[Word, bool]] = []
+    for w in cmds:
+        t = re.sub(r"^[\s:]*(silent!?\s+|exe(c(ute)?)?\s+['\"])?", "", w.text)
+        if t.startswith("!"):
+            out.append((_sub(w, t[1:].rstrip("'\"")), False))
+        elif re.match(r"^(sh(ell)?|te(rminal)?)\s+\S", t):
+            out.append((_sub(w, t.split(None, 1)[1]), False))
+        elif re.search(r"system\(|py(thon)?3?\s|lua\s|perl\s|ruby\s", t):
+            out.append((_sub(w, t), True))
+    return out
+
+
+def _pager_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``less '+!cmd'``: a less command given on the command line; ``!`` runs a shell."""
+    return [(_sub(a, a.text[2:]), False) for a in args if a.text.startswith("+!")]
+
+
+def _man_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    return [(w, False) for w in _opt_values(args, ("-P", "--pager", "-H", "--html"), ("-P",))]
+
+
+_SED_E_CMD = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?(?:\s*,\s*(?:\d+|\$|/[^/]*/))?\s*!?\s*e\s+(.+)$", re.S)
+_SED_S_E = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?\s*s(.)(?:(?!\1).)*\1((?:(?!\1).)*)\1[gpiImM0-9]*e[gpiImM0-9]*\s*$")
+
+
+def _sed_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """GNU sed's ``e command`` and ``s/x/cmd/e`` run a shell."""
+    scripts = _opt_values(args, ("-e", "--expression"), ("-e",))
+    if not scripts and not any(a.text in ("-f", "--file") or a.text.startswith("--file=") for a in args):
+        first = next((a for a in args if not a.text.startswith("-")), None)
+        scripts = [first] if first is not None else []
+    out: list[tuple[Word, bool]] = []
+    for w in scripts:
+        for part in re.split(r"[;\n]", w.text):
+            m = _SED_E_CMD.match(part)
+            if m:
+                out.append((_sub(w, m.group(1)), False))
+                continue
+            m = _SED_S_E.match(part)
+            if m and m.group(2).strip():
+                out.append((_sub(w, m.group(2).replace("\\/", "/")), False))
+    return out
+
+
+def _gdb_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    out: list[tuple[Word, bool]] = []
+    for w in _opt_values(args, ("-ex", "--ex", "-eval-command", "--eval-command", "-iex")):
+        t = w.text.strip()
+        if t.startswith("!") or t.startswith("shell "):
+            out.append((_sub(w, t[1:] if t.startswith("!") else t[6:]), False))
+        elif t.startswith(("python", "py ")):
+            out.append((_sub(w, t), True))
+    return out
+
+
+def _apt_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``apt-get -o APT::Update::Pre-Invoke::=CMD``: hooks apt runs as shell commands."""
+    out: list[tuple[Word, bool]] = []
+    for w in _opt_values(args, ("-o", "--option"), ("-o",)):
+        key, _, value = w.text.partition("=")
+        if re.search(r"(Pre|Post)-Invoke|Pre-Install-Pkgs|Post-Invoke-Success", key) and value.strip():
+            out.append((_sub(w, value), False))
+    return out
+
+
+_OPTION_EXEC = {
+    "tar": _tar_exec, "bsdtar": _tar_exec, "gtar": _tar_exec,
+    "git": _git_exec,
+    "ssh": _ssh_exec, "scp": _ssh_exec, "sftp": _ssh_exec,
+    "rsync": _rsync_exec,
+    "zip": _zip_exec,
+    **{n: _vim_exec for n in ("vi", "vim", "nvim", "view", "vimdiff", "ex", "rvim", "gvim", "evim")},
+    "less": _pager_exec, "more": _pager_exec,
+    "man": _man_exec,
+    "sed": _sed_exec, "gsed": _sed_exec,
+    "gdb": _gdb_exec,
+    "apt-get": _apt_exec, "apt": _apt_exec,
+}
