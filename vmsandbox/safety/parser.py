@@ -442,13 +442,18 @@ class _Walker:
             semis = [i for i, c in enumerate(node.children) if c.type == ";"]
             middle = node.children[semis[0] + 1:semis[1]] if len(semis) >= 2 else [None]
             unbounded = not [c for c in middle if c is not None and c.is_named]
+        constant_tests = 0
         for c in node.children:
             if c.type == "do_group":
                 body.extend(self._walk(c, src))
             elif node.type == "while_statement" and c.is_named:
+                if c.type == "test_command" and len(c.named_children) == 1 and \
+                        c.named_children[0].type in ("number", "word", "raw_string", "string") and keyword == "while":
+                    constant_tests += 1          # while [ 1 ]: a non-empty string is always true
                 cond.extend(self._walk(c, src))
         if node.type == "while_statement":
-            unbounded = bool(cond) and all(_constant_condition(c, keyword == "until") for c in cond)
+            unbounded = (bool(cond) or constant_tests > 0) and \
+                all(_constant_condition(c, keyword == "until") for c in cond)
         self.script.loops.append(Loop(src.span(node), unbounded, body))
         return cond + body
 
@@ -505,7 +510,7 @@ class _Walker:
         previous: list[SimpleCommand] = []
         for stage in stages:
             saved = self.pending_input
-            if previous and stage.type in ("while_statement", "command"):
+            if previous:
                 self.pending_input = _emitted_line(previous)      # echo / | read x; ls / | while read d
             try:
                 cmds = self._walk(stage, src)
@@ -558,7 +563,10 @@ class _Walker:
             cmds = self._walk(body, src) if body is not None else []
         finally:
             self.pending_input = saved
-        owners = [c for c in cmds if body is not None and c.origin == (id(src), body.start_byte, body.end_byte)]
+        target = body
+        while target is not None and target.type == "list" and target.named_children:
+            target = target.named_children[-1]     # `cd x && echo y > f` parses as (cd && echo) > f
+        owners = [c for c in cmds if target is not None and c.origin == (id(src), target.start_byte, target.end_byte)]
         owner = owners[0] if owners else None
         extra: list[SimpleCommand] = []
         for child in node.children:
@@ -726,10 +734,13 @@ class _Walker:
         name, args = cmd.name, cmd.args
         if name in ("cd", "pushd", "popd", "chdir"):
             ops = [a for a in args if not (a.text.startswith("-") and len(a.text) > 1)]
-            if name == "popd" or ops and (ops[0].text == "-" or not ops[0].literal):
+            target = ops[0].text if ops else "~"
+            home = re.match(r"^(\$HOME|\$\{HOME\})(?=/|$)", target)
+            if home:
+                target = "~" + target[home.end():]
+            if name == "popd" or ops and (target == "-" or not ops[0].literal and not home):
                 self.cwd = None
             else:
-                target = ops[0].text if ops else "~"
                 self.cwd = self._abspath(target)
         elif name == "ln" and any(a.text in ("-s", "--symbolic") or a.text.startswith("-") and
                                   not a.text.startswith("--") and "s" in a.text for a in args):
@@ -1381,7 +1392,7 @@ def _man_exec(args: list[Word]) -> list[tuple[Word, bool]]:
 
 
 _SED_E_CMD = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?(?:\s*,\s*(?:\d+|\$|/[^/]*/))?\s*!?\s*e\s+(.+)$", re.S)
-_SED_S_E = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?\s*s(.)(?:(?!\1).)*\1((?:(?!\1).)*)\1[gpiImM0-9]*e[gpiImM0-9]*\s*$")
+_SED_S_E = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?\s*s(.)(?:\\.|(?!\1).)*\1((?:\\.|(?!\1).)*)\1[gpiImM0-9]*e[gpiImM0-9]*\s*$")
 
 
 def _sed_exec(args: list[Word]) -> list[tuple[Word, bool]]:

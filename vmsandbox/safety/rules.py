@@ -352,9 +352,9 @@ def _rsync(cmd: SimpleCommand) -> Iterable[Finding]:
     ops = _operands(cmd, frozenset({"-e", "--rsh", "--exclude", "--include", "--filter", "-f"}))
     if len(ops) >= 2:
         dest = ops[-1]
-        cls = classify(dest.text)
+        cls, path = _worst(cmd, dest)
         if cls in _DELETE_RULES:
-            yield _f(_DELETE_RULES[cls], dest, f"'rsync --delete' into {dest.text} wipes {_DELETE_WHAT[cls]}.")
+            yield _f(_DELETE_RULES[cls], dest, f"'rsync --delete' into {_shown(dest, path)} wipes {_DELETE_WHAT[cls]}.")
 
 
 def _mv(cmd: SimpleCommand) -> Iterable[Finding]:
@@ -1072,6 +1072,11 @@ def is_read_only(script: Script) -> bool:
         if name not in READ_ONLY or c.wrappers:
             return False
         argv = c.argv
+        if name == "git":          # git -C dir -c key=value log: the subcommand decides
+            k = 0
+            while k < len(argv) and argv[k].startswith("-"):
+                k += 2 if argv[k] in _GIT_GLOBAL_WITH_VALUE else 1
+            argv = argv[k:]
         if name == "git" and not (argv and argv[0] in _GIT_READ and not (argv[0] in ("branch", "tag", "remote", "config")
                                                                          and len(argv) > 1 and not argv[1].startswith("-"))):
             return False
