@@ -97,6 +97,7 @@ _WRAPPERS.update({
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
 MAX_LOOP_VALUES = 8                # a for loop's body is followed once per literal value, up to this
 _MAX_CALL_DEPTH = 3                # function bodies re-walked for their call arguments, nested this deep
+_REWALK_BUDGET = 256               # extra body walks (loop values, function calls) for one command line
 _GLOB_RE = re.compile(r"[*?]|\[[^\]/]+\]")
 
 # Command names a glob in a command name (``/bin/r?``, ``/usr/bin/[r]m``) is matched against: the
@@ -107,7 +108,7 @@ kill killall pkill killall5 skill systemctl service rc-service sv invoke-rc.d ss
 shutdown reboot halt poweroff init telinit kexec iptables ip6tables iptables-legacy iptables-nft ebtables
 arptables nft ufw firewall-cmd insmod modprobe rmmod sysctl ip ifconfig ifdown nmcli umount mount visudo
 sudoedit useradd usermod adduser gpasswd passwd chpasswd chage pwconv vipw vigr setcap setfattr socat nc ncat
-netcat crontab swapoff swapon history git tar zip vim vi nvim view ex rvim less more man gdb apt apt-get
+netcat nc.openbsd nc.traditional pwncat crontab swapoff swapon history set git tar zip vim vi nvim view ex rvim less more man gdb apt apt-get
 curl wget base64 xxd mkfs mkfs.ext2 mkfs.ext3 mkfs.ext4 mkfs.xfs mkfs.btrfs mkfs.vfat mke2fs mkswap mkdosfs
 wipefs fdisk sfdisk gdisk sgdisk cfdisk parted blkdiscard cryptsetup eval source su sg trap alias watch
 python python3 perl ruby node php lua awk gawk
@@ -310,6 +311,18 @@ class _Walker:
         self.files: dict[str, str] = {}                 # path -> literal text written to it
         self.functions: dict[str, tuple] = {}           # name -> (body node, source)
         self.pending_input: Optional[str] = None        # literal stdin of the loop being walked
+        self.budget = _REWALK_BUDGET                    # nested loops multiply: bound the work
+
+    def _spend(self, span: Optional[tuple[int, int]]) -> bool:
+        """Take one extra body walk from the budget; when it runs out, say so once (HIGH)."""
+        if self.budget > 0:
+            self.budget -= 1
+            return True
+        if self.budget == 0:
+            self.budget = -1
+            self.script.problems.append(("parse.too-complex", span,
+                                         "Loops and function calls multiply past what the policy follows"))
+        return False
 
     # --- entry points ---------------------------------------------------------------------------
 
@@ -426,7 +439,9 @@ class _Walker:
         if not values or any(not v.literal for v in values):
             self.vars.pop(var, None)
             bodies.extend(self._walk(body, src))
-        for v in literal:
+        for k, v in enumerate(literal):
+            if k > 0 and not self._spend(src.span(node)):
+                break
             self.vars[var] = v.text
             bodies.extend(self._walk(body, src))
         self.script.loops.append(Loop(src.span(node), False, bodies))
@@ -475,7 +490,8 @@ class _Walker:
     def _call(self, cmd: SimpleCommand) -> list[SimpleCommand]:
         """A call of a function defined earlier: walk its body again with ``$1 $@ ...`` bound."""
         body, src = self.functions[cmd.name]
-        if cmd.name in self.function_stack or len(self.function_stack) >= _MAX_CALL_DEPTH:
+        if cmd.name in self.function_stack or len(self.function_stack) >= _MAX_CALL_DEPTH \
+                or not self._spend(cmd.span):
             return []
         saved_vars, saved_pos = dict(self.vars), self.positional
         self._bind(cmd.args)

@@ -8,6 +8,7 @@ catalogue that ``docs/policy.md`` documents and that ``safety.validation.allow``
 from __future__ import annotations
 
 import fnmatch
+import functools
 import posixpath
 import re
 from dataclasses import dataclass
@@ -178,16 +179,23 @@ _GLOB_TARGETS = tuple(sorted({"/" + t for t in SYSTEM_TREES} | SYSTEM_SUBTREES |
     "/proc/sysrq-trigger", "/boot/vmlinuz", "/boot/grub"}))
 
 
-def glob_paths(text: str) -> list[str]:
-    """The sensitive paths a glob can expand to (``/etc/sha*`` -> ``/etc/shadow``), with its tail."""
-    t = resolve_path(text)
+_GLOB_TARGET_PARTS = tuple(t.split("/") for t in _GLOB_TARGETS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_paths(t: str) -> tuple[str, ...]:
     parts = t.split("/")
     out: list[str] = []
-    for target in _GLOB_TARGETS:
-        tp = target.split("/")
-        if len(tp) <= len(parts) and all(fnmatch.fnmatchcase(a, g) for a, g in zip(tp, parts)):
+    for tp in _GLOB_TARGET_PARTS:
+        if len(tp) <= len(parts) and tp[0] == parts[0] and all(
+                a == g or fnmatch.fnmatchcase(a, g) for a, g in zip(tp[1:], parts[1:])):
             out.append("/".join(tp + parts[len(tp):]))
-    return out
+    return tuple(out)
+
+
+def glob_paths(text: str) -> list[str]:
+    """The sensitive paths a glob can expand to (``/etc/sha*`` -> ``/etc/shadow``), with its tail."""
+    return list(_glob_paths(resolve_path(text)))
 
 
 def _deref(text: str, links: tuple) -> str:
@@ -309,7 +317,7 @@ def _rm(cmd: SimpleCommand) -> Iterable[Finding]:
                      f"Recursive delete of {w.text} removes everything under / if the variable is empty.")
         elif recursive and not w.literal and w.text.startswith(("$(", "`")):
             yield _f("fs.delete-variable-root", w, f"Recursive delete of a path computed at run time ({w.text}).")
-        elif path.startswith("/") and _in_system(path):
+        elif any(p.startswith("/") and _in_system(p) for p in paths(cmd, w)):
             yield _f("fs.delete-system-file", w, f"'{cmd.name}' deletes {_shown(w, path)} inside a system tree.")
         elif recursive:
             yield _f("fs.recursive-delete", w, f"Recursive delete of {w.text} (work tree).")

@@ -3,14 +3,16 @@
 Owns reading and checking the ``safety`` config section (user patterns, the allow list,
 limits), turning rule findings into one ``RiskAssessment`` with an operator-readable reason,
 mapping a level to a decision (allow / flag / needs_approval / block / warn), and comparing
-resource usage with ``safety.limits``.
+resource usage with ``safety.limits``. User regex patterns are compiled with RE2, whose matching
+time is linear in the input, so no pattern can make ``validate`` hang (no catastrophic backtracking).
 """
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
+
+import re2
 
 from ..config import Config, Limits, SafetySection, load_config, parse_cpu, parse_size
 from ..exceptions import ConfigError
@@ -27,7 +29,7 @@ class _UserPattern:
     index: int
     text: str
     level: RiskLevel
-    regex: Optional[re.Pattern]
+    regex: Optional[Any]                    # an RE2 pattern: linear-time search
     tokens: Optional[tuple[str, ...]]       # plain word patterns match whole words in order
     squashed: str                           # other patterns: whitespace-insensitive substring
 
@@ -94,10 +96,7 @@ class SafetyValidator:
             raise ConfigError(f"{text!r} must be a non-empty string", path)
         compiled = None
         if regex:
-            try:
-                compiled = re.compile(text)
-            except re.error as exc:
-                raise ConfigError(f"{text!r} is not a valid regular expression: {exc}", path) from exc
+            compiled = _compile(text, path)
         tokens = tuple(text.split()) if not regex and not (_META & set(text)) else None
         return _UserPattern(i, text, level, compiled, tokens, "".join(text.split()))
 
@@ -225,6 +224,21 @@ class SafetyValidator:
             return (parse_cpu(limits.cpu, "limits.cpu"), parse_size(limits.memory, "limits.memory"),
                     parse_size(limits.disk, "limits.disk"))
         raise ConfigError(f"expected Limits or a mapping, got {type(limits).__name__}", "limits")
+
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False          # the error goes into the ConfigError, not onto stderr
+
+
+def _compile(text: str, path: str) -> Any:
+    """Compile a user pattern with RE2 (linear time: ``(a+)+$`` cannot backtrack). Patterns RE2
+    cannot run in linear time (look-around, back-references) or too large ones are refused."""
+    try:
+        return re2.compile(text, _RE2_OPTIONS)
+    except re2.error as exc:
+        why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ConfigError(f"{text!r} is not a valid RE2 regular expression "
+                          f"(linear-time matching: no look-around or back-references): {why}", path) from exc
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
