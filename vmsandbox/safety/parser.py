@@ -168,6 +168,8 @@ class SimpleCommand:
     origin: tuple = ()
     cwd: Optional[str] = None            # working directory from earlier cd/pushd ("/etc", "~", "repo")
     links: tuple = ()                    # (link, target) symlinks made earlier in the line
+    output: Optional[Word] = None        # what it prints when known (cat of a file written earlier)
+    xargs_replace: str = "{}"            # xargs -I STR: the string replaced by each input line
 
     @property
     def argv(self) -> list[str]:
@@ -310,6 +312,7 @@ class _Walker:
         self.links: tuple = ()                          # (link, target) from ln -s, in order
         self.files: dict[str, str] = {}                 # path -> literal text written to it
         self.functions: dict[str, tuple] = {}           # name -> (body node, source)
+        self.aliases: dict[str, str] = {}               # name -> replacement text
         self.pending_input: Optional[str] = None        # literal stdin of the loop being walked
         self.budget = _REWALK_BUDGET                    # nested loops multiply: bound the work
 
@@ -427,9 +430,10 @@ class _Walker:
             elif c.type == "do_group":
                 body = c
             elif seen_in and c.is_named and c.type != "comment":
-                w = self._word(c, src)
-                out.extend(w.inner)
-                values.extend(self._expand_positional(c, src) or [w])
+                ws = self._expand_positional(c, src) or self._words(c, src)
+                for w in ws:
+                    out.extend(w.inner)
+                values.extend(ws)
         if not seen_in:
             values = list(self.positional or [])
         if body is None or var is None:
@@ -458,9 +462,15 @@ class _Walker:
             middle = node.children[semis[0] + 1:semis[1]] if len(semis) >= 2 else [None]
             unbounded = not [c for c in middle if c is not None and c.is_named]
         constant_tests = 0
+        constant: list[SimpleCommand] = []
         for c in node.children:
             if c.type == "do_group":
                 body.extend(self._walk(c, src))
+            elif node.type == "while_statement" and c.type == "negated_command":
+                negated = self._walk(c, src)        # while ! false: as constant as while true
+                cond.extend(negated)
+                if len(negated) == 1 and negated[0].name == ("true" if keyword == "until" else "false"):
+                    constant.extend(negated)
             elif node.type == "while_statement" and c.is_named:
                 if c.type == "test_command" and len(c.named_children) == 1 and \
                         c.named_children[0].type in ("number", "word", "raw_string", "string") and keyword == "while":
@@ -468,7 +478,7 @@ class _Walker:
                 cond.extend(self._walk(c, src))
         if node.type == "while_statement":
             unbounded = (bool(cond) or constant_tests > 0) and \
-                all(_constant_condition(c, keyword == "until") for c in cond)
+                all(c in constant or _constant_condition(c, keyword == "until") for c in cond)
         self.script.loops.append(Loop(src.span(node), unbounded, body))
         return cond + body
 
@@ -552,7 +562,8 @@ class _Walker:
             if c.origin and c is not _primary(cmds, c.origin):
                 continue
             for f in feeders:
-                _xargs_input(c, _emitted_args(f))
+                if _xargs_input(c, _emitted_args(f)):
+                    cmds.extend(self._nested_of(c, src))    # xargs -I% sh -c '%': the script is known now
             for f in feeders:
                 text = _emitted_text(f)
                 if text is not None:
@@ -643,7 +654,8 @@ class _Walker:
                     owner.stdin_text = w
                     if owner.name == "read" and w.literal:
                         self._read(owner, w.text)
-                    _xargs_input(owner, [Word(t, w.span, w.literal, w.dynamic) for t in w.text.split()])
+                    if _xargs_input(owner, [Word(t, w.span, w.literal, w.dynamic) for t in w.text.split()]):
+                        out.extend(self._nested_of(owner, src))
                     out.extend(self._feed(owner, w, src))
         elif t == "heredoc_redirect":
             body_node = next((c for c in node.children if c.type == "heredoc_body"), None)
@@ -687,15 +699,18 @@ class _Walker:
                     other.extend(w.inner)
                     if var is not None:
                         other.extend(self._assigned(src.raw(var), w, src))
+                        if w.literal:       # X=/ sh -c 'rm -rf $X': the child sees it (kept after, conservatively)
+                            self.vars[src.raw(var)] = w.text
             elif t == "command_name":
                 inner = child.children[0] if child.children else child
-                name_word = self._word(inner, src)
+                words = self._words(inner, src)
+                name_word, args = words[0], words[1:] + args
             elif t == "herestring_redirect":
                 herestrings.append(child)
             elif t in ("file_redirect", "heredoc_redirect"):
                 pass   # handled by _redirected
             elif child.is_named:
-                args.extend(self._expand_positional(child, src) or [self._word(child, src)])
+                args.extend(self._expand_positional(child, src) or self._words(child, src))
         if name_word is None:
             return other
         for w in [name_word, *args]:
@@ -712,6 +727,9 @@ class _Walker:
             name = command_name(name_w.text) if name_w.literal else None
             primary.append(SimpleCommand(name, name_w, argv, src.span(node), src.depth,
                                          tuple(wrappers), origin=origin))
+            if "xargs" in wrappers:
+                rs = _opt_values(args, ("-I", "--replace", "-i"), ("-I", "-i"))
+                primary[-1].xargs_replace = rs[0].text if rs and rs[0].text else "{}"
         out: list[SimpleCommand] = []
         if name_word.glob and _GLOB_RE.search(command_name(name_word.text)) and primary[0].name in KNOWN_COMMANDS:
             self.script.problems.append((
@@ -744,6 +762,22 @@ class _Walker:
         span = src.span(node)
         return [Word(a.text, span, a.literal, True, (), a.glob, a.each) for a in self.positional]
 
+    def _words(self, node: tree_sitter.Node, src: _Source) -> list[Word]:
+        """One word as the shell splits it: unquoted brace lists expand (``/{etc,usr}``), and an
+        unquoted expansion is split on whitespace (``$(echo /etc /usr)``)."""
+        w = self._word(node, src)
+        if node.type not in ("word", "concatenation", "simple_expansion", "expansion", "command_substitution"):
+            return [w]
+        unquoted = "".join(src.raw(c) if c.type == "word" else "\0" for c in node.children) \
+            if node.type == "concatenation" else src.raw(node) if node.type == "word" else ""
+        if "{" in unquoted and "," in unquoted and _BRACE_LIST.search(unquoted):
+            texts = _brace_expand(w.text)
+            if len(texts) > 1:
+                return [Word(t, w.span, w.literal, True, w.inner if i == 0 else (), w.glob) for i, t in enumerate(texts)]
+        if w.dynamic and w.literal and len(w.text.split()) > 1 and not _has_quoted(node):
+            return [Word(t, w.span, w.literal, True, w.inner if i == 0 else (), w.glob) for i, t in enumerate(w.text.split())]
+        return [w]
+
     def _effects(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
         """What a command changes for the commands after it: cwd, symlinks, variables; and the
         function bodies and written files it runs."""
@@ -769,11 +803,62 @@ class _Walker:
                 self.links = self.links + ((self._abspath(link), target),)
         elif name == "set" and args and args[0].text == "--":
             self._bind(args[1:])
+        elif name == "printf" and len(args) >= 3 and args[0].text == "-v":     # printf -v x %s /
+            text = _emitted_text(SimpleCommand("printf", cmd.name_word, args[2:], cmd.span, cmd.depth))
+            if text is not None and text.literal:
+                self.vars[args[1].text] = text.text
+            else:
+                self.vars.pop(args[1].text, None)
+        elif name == "alias":
+            for a in args:
+                if "=" in a.text:
+                    k, _, v = a.text.partition("=")
+                    self.aliases[k] = v
+        elif name == "cat" and self.files:
+            ops = [a for a in args if not a.text.startswith("-")]
+            if ops and all(self._abspath(a.text) in self.files for a in ops):
+                cmd.output = Word("\n".join(self.files[self._abspath(a.text)] for a in ops), ops[0].span)
+        elif name in ("cp", "mv", "install") and self.files:
+            ops = [a for a in args if not a.text.startswith("-")]
+            if len(ops) == 2 and self._abspath(ops[0].text) in self.files:
+                text = self.files[self._abspath(ops[0].text)]
+                self._wrote(ops[1].text, text, False)
+                self._wrote(posixpath.join(ops[1].text, posixpath.basename(ops[0].text)), text, False)
+        if name in self.aliases and name not in self.function_stack and self._spend(cmd.span):
+            text = " ".join([self.aliases[name], *(a.text for a in args)])
+            self.function_stack.append(name)        # alias x='x ...' does not expand again
+            try:
+                return self.nested(cmd.name_word, text, src)
+            finally:
+                self.function_stack.pop()
         elif name == "read" and cmd.stdin_text is None and self.pending_input is not None:
             self._read(cmd, self.pending_input)
         if name in self.functions:
             return self._call(cmd)
-        return self._run_written(cmd, src)
+        return self._run_written(cmd, src) + self._file_fed(cmd, src)
+
+    def _file_fed(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
+        """Tools that run commands from a file written earlier in the line: ``make -f``, ``awk -f``,
+        ``sed -f``, ``ssh -F``, ``vim -S``, ``gdb -x``."""
+        feed = _FILE_FED.get(cmd.name or "")
+        if feed is None or not self.files:
+            return []
+        options, reader = feed
+        given = _opt_values(cmd.args, options)
+        if not given and cmd.name in ("make", "gmake"):
+            given = [Word(n, cmd.span) for n in ("GNUmakefile", "makefile", "Makefile")]
+        out: list[SimpleCommand] = []
+        for w in given:
+            text = self.files.get(self._abspath(w.text))
+            if text is None:
+                continue
+            if reader is None:                      # awk -f: the file is the program
+                cmd.inline_code = Word(text, w.span)
+                out.extend(self._code_strings(cmd.inline_code, src))
+                continue
+            for script, is_code in reader(Word(text, w.span)):
+                out.extend(self._code_strings(script, src) if is_code else self.nested(script, script.text, src))
+        return out
 
     def _run_written(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
         """``sh x.sh``, ``. ./x.sh``, ``./x.sh`` of a file written with literal text earlier in the line."""
@@ -806,7 +891,11 @@ class _Walker:
             elif not a.text.startswith("-"):
                 names.append(a.text)
         names = names or ["REPLY"]
-        fields = text.split("\n", 1)[0].split(None, len(names) - 1)
+        line = text.split("\n", 1)[0]
+        ifs = self.vars.get("IFS")
+        if ifs and ifs.strip():                     # IFS=, read a b <<< 'x,y'
+            line = re.sub("[" + re.escape(ifs.strip()) + "]", " ", line)
+        fields = line.split(None, len(names) - 1)
         for i, n in enumerate(names):
             self.vars[n] = fields[i] if i < len(fields) else ""
 
@@ -999,6 +1088,24 @@ def _is_glob(node: tree_sitter.Node, src: _Source) -> bool:
     return node.type == "extglob_pattern"
 
 
+def _has_quoted(node: tree_sitter.Node) -> bool:
+    return node.type == "concatenation" and any(c.type in ("string", "raw_string", "ansi_c_string")
+                                                for c in node.children)
+
+
+def _brace_expand(text: str, limit: int = 64) -> list[str]:
+    """``/{etc,usr}/x`` -> ``/etc/x /usr/x`` (nested and repeated lists, at most ``limit`` words)."""
+    out, todo = [], [text]
+    while todo and len(out) + len(todo) <= limit:
+        t = todo.pop(0)
+        m = _BRACE_LIST.search(t)
+        if m is None:
+            out.append(t)
+        else:
+            todo.extend(t[:m.start()] + alt + t[m.end():] for alt in m.group(1).split(","))
+    return out + todo
+
+
 def _plain(raw: str) -> str:
     return raw[1:-1] if raw[:1] == "'" and raw[-1:] == "'" else _unescape_unquoted(raw)
 
@@ -1075,8 +1182,10 @@ def _option_value(args: list[Word], names: tuple[str, ...]) -> Optional[Word]:
                 return args[i + 1]
             if n.startswith("--") and t.startswith(n + "="):
                 return Word(t[len(n) + 1:], a.span, a.literal, a.dynamic, a.inner)
-            if not n.startswith("--") and t.startswith(n) and len(t) > len(n) and n == "-c":
+            if n == "-c" and t.startswith("-c") and len(t) > 2:
                 return Word(t[2:], a.span, a.literal, a.dynamic, a.inner)
+            if n == "-c" and re.fullmatch(r"-[a-bd-z]+c", t) and i + 1 < len(args):   # su -lc, script -qc
+                return args[i + 1]
     return None
 
 
@@ -1176,20 +1285,34 @@ def _emitted_text(cmd: SimpleCommand) -> Optional[Word]:
                       else next(values, ""), fmt)
         decoded = decode_escapes(text)
         return Word(decoded, args[0].span, True, decoded != text and bool(_HAS_ESCAPE.search(text)))
+    if cmd.output is not None:
+        return cmd.output
     if cmd.name in ("cat", "tee") and cmd.stdin_text is not None and not any(
             not a.text.startswith("-") for a in cmd.args if cmd.name == "cat"):
         return cmd.stdin_text
     return None
 
 
-def _xargs_input(cmd: SimpleCommand, words: list[Word]) -> None:
-    """``xargs CMD`` runs CMD with the words it reads: add them (and fill ``{}``) when known."""
+def _xargs_input(cmd: SimpleCommand, words: list[Word]) -> bool:
+    """``xargs CMD`` runs CMD with the words it reads: add them (or fill ``{}``/``-I STR``) when
+    known. True when the arguments changed."""
     if "xargs" not in cmd.wrappers or not words:
-        return
-    if any(a.text == "{}" for a in cmd.args):
-        cmd.args[:] = [Word(words[0].text, a.span, a.literal, a.dynamic) if a.text == "{}" else a for a in cmd.args]
+        return False
+    rs = cmd.xargs_replace
+    if any(rs in a.text for a in cmd.args):
+        line = " ".join(w.text for w in words)
+        first = words[0]
+
+        def fill(t: str) -> str:
+            if t == rs:
+                return first.text if len(words) == 1 or cmd.xargs_replace == "{}" else line
+            # /etc/{} with the entries of `ls /etc`: the template gives the directory, the input a name
+            return t.replace(rs, posixpath.basename(first.text) if t.split(rs, 1)[0].endswith("/") else line)
+        cmd.args[:] = [Word(fill(a.text), a.span, a.literal, a.dynamic, a.inner, a.glob or first.glob,
+                            a.each or first.each) if rs in a.text else a for a in cmd.args]
     else:
         cmd.args.extend(words)
+    return True
 
 
 def _emitted_args(cmd: SimpleCommand) -> list[Word]:
@@ -1463,4 +1586,32 @@ _OPTION_EXEC = {
     "sed": _sed_exec, "gsed": _sed_exec,
     "gdb": _gdb_exec,
     "apt-get": _apt_exec, "apt": _apt_exec,
+}
+
+
+# --- files that tools read commands from -----------------------------------------------------------
+
+def _lines(w: Word) -> list[Word]:
+    return [_sub(w, line.strip()) for line in w.text.splitlines() if line.strip()]
+
+
+def _make_recipes(w: Word) -> list[tuple[Word, bool]]:
+    """Recipe lines of a makefile (tab-indented), without their ``@ - +`` prefixes."""
+    return [(_sub(w, line.lstrip("\t").lstrip("@-+ ")), False) for line in w.text.splitlines()
+            if line.startswith("\t") and line.strip()]
+
+
+def _ssh_config(w: Word) -> list[tuple[Word, bool]]:
+    return [item for line in _lines(w) for item in _ssh_exec([Word("-o", w.span), line])]
+
+
+_FILE_FED: dict[str, tuple[tuple[str, ...], Optional[object]]] = {
+    "make": (("-f", "--file", "--makefile"), _make_recipes),
+    "gmake": (("-f", "--file", "--makefile"), _make_recipes),
+    "awk": (("-f", "--file"), None), "gawk": (("-f", "--file"), None), "mawk": (("-f",), None),
+    "sed": (("-f", "--file"), lambda w: _sed_exec([Word("-e", w.span), w])),
+    "ssh": (("-F",), _ssh_config), "scp": (("-F",), _ssh_config), "sftp": (("-F",), _ssh_config),
+    **{n: (("-S", "-u"), lambda w: [i for line in _lines(w) for i in _vim_exec([Word("-c", w.span), line])])
+       for n in ("vi", "vim", "nvim", "ex", "view")},
+    "gdb": (("-x", "--command"), lambda w: [i for line in _lines(w) for i in _gdb_exec([Word("-ex", w.span), line])]),
 }

@@ -106,7 +106,7 @@ _SHADOW_FILES = frozenset({"/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/
 _SUDOERS_RE = re.compile(r"^/etc/sudoers(\.d(/|$)|$|\.tmp$)")
 _CRITICAL_FILE_RE = re.compile(r"^/(boot/|bin/|sbin/|usr/s?bin/|lib(64)?/|usr/lib(64)?/|etc/(profile|bash\.bashrc"
                                r"|environment|crontab|cron\.|init\.d/|inittab|rc|ld\.so\.preload|ld\.so\.conf"
-                               r"|pam\.d/|ssh/|systemd/|fstab|hosts\.allow|hosts\.deny|modules|modprobe\.d/))")
+                               r"|pam\.d/|ssh/|systemd/|fstab|hosts\.allow|hosts\.deny|modules|modprobe\.d/|anacrontab)|var/spool/cron/)")
 _SSH_PRIVATE_RE = re.compile(r"(^|/)\.ssh/id_[A-Za-z0-9_]+$|^/etc/ssh/ssh_host_[a-z0-9]+_key$|(^|/)\.ssh/identity$")
 _AUTHORIZED_KEYS_RE = re.compile(r"(^|/)\.ssh/authorized_keys2?$")
 _SYSRQ_RE = re.compile(r"^/proc/(sysrq-trigger|sys/kernel/sysrq)$")
@@ -143,6 +143,12 @@ def classify(text: str) -> Optional[str]:
         rest = t[1:].strip("/")
         return "home" if rest in ("", "*", ".*", "{*,.*}") or set(rest) <= set("*.?/") else None
     if not t.startswith("/"):
+        # ../.. from the work directory: its parents (home, then /); ../build is ordinary
+        up = [p for p in t.split("/") if p and p != "."]
+        while up and set(up[-1]) <= set("*?.") and up[-1] != "..":
+            up.pop()
+        if up and all(p == ".." for p in up):
+            return "root" if len(up) >= 2 else "home"
         return None
     parts = [p for p in t.split("/") if p]
     if not parts:
@@ -198,23 +204,33 @@ def glob_paths(text: str) -> list[str]:
     return list(_glob_paths(resolve_path(text)))
 
 
-def _deref(text: str, links: tuple) -> str:
-    """Follow a symlink made earlier in the line: ``ln -s / /tmp/r; rm -rf /tmp/r/`` deletes /."""
+def _is_git_dir(path: str) -> bool:
+    """``.git``, ``x/.git/``, ``.git/*``, and dot-globs that match it (``.*``, ``.g?t``)."""
+    norm = posixpath.normpath(path)
+    if _GIT_DIR_RE.search(norm):
+        return True
+    last = norm.rsplit("/", 1)[-1]
+    return last.startswith(".") and bool(_GLOB_CHARS & set(last)) and fnmatch.fnmatchcase(".git", last)
+
+
+def _deref(text: str, links: tuple, follow: bool = False) -> str:
+    """Follow a symlink made earlier in the line: ``ln -s / /tmp/r; rm -rf /tmp/r/`` deletes /.
+    ``follow``: the operand itself is followed too (reads, writes, chmod), not only ``link/``."""
     norm = posixpath.normpath(text)
     for link, target in reversed(links):
-        if norm == link and text.endswith(("/", "/.")) or norm.startswith(link + "/"):
+        if norm == link and (follow or text.endswith(("/", "/."))) or norm.startswith(link + "/"):
             return target.rstrip("/") + "/" + norm[len(link):].lstrip("/")
     return text
 
 
-def paths(cmd: SimpleCommand, w: Word) -> list[str]:
+def paths(cmd: SimpleCommand, w: Word, follow: bool = False) -> list[str]:
     """Where an operand points: against the tracked cwd, through earlier symlinks, and every
     sensitive path a glob in it can match. The first entry is the operand itself."""
     t = w.text
     if cmd.cwd and t and not t.startswith(("/", "~", "$")):
         t = posixpath.join(cmd.cwd, t)
     if cmd.links:
-        t = _deref(t, cmd.links)
+        t = _deref(t, cmd.links, follow)
     out = [t]
     if _GLOB_CHARS & set(t):
         out.extend(p for p in glob_paths(t) if p != t)
@@ -224,15 +240,15 @@ def paths(cmd: SimpleCommand, w: Word) -> list[str]:
 _CLASS_RANK = {"root": 4, "system": 3, "home": 2, "device": 1}
 
 
-def _worst(cmd: SimpleCommand, w: Word) -> tuple[Optional[str], str]:
+def _worst(cmd: SimpleCommand, w: Word, follow: bool = False) -> tuple[Optional[str], str]:
     """The most severe path class among ``paths(cmd, w)``, and the path that has it."""
     best: tuple[Optional[str], str] = (None, w.text)
-    for p in paths(cmd, w):
+    for p in paths(cmd, w, follow):
         cls = classify(p)
         if cls is not None and (best[0] is None or _CLASS_RANK[cls] > _CLASS_RANK[best[0]]):
             best = (cls, p)
     if best[0] is None:
-        best = (None, paths(cmd, w)[0])
+        best = (None, paths(cmd, w, follow)[0])
     return best
 
 
@@ -308,7 +324,7 @@ def _rm(cmd: SimpleCommand) -> Iterable[Finding]:
             yield _f(_DELETE_RULES[cls], w, f"'{cmd.name}' recursively deletes {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
         elif cls == "device":
             yield _f("disk.write-device", w, f"'{cmd.name}' removes the device node {path}.", H)
-        elif recursive and _GIT_DIR_RE.search(posixpath.normpath(path)):
+        elif recursive and _is_git_dir(path):
             yield _f("vcs.delete-repo", w, f"Recursive delete of {_shown(w, path)}, a repository's history.")
         elif _HISTORY_RE.search(path):
             yield _f("evasion.history", w, f"'{cmd.name}' deletes the shell history file {path}.")
@@ -371,7 +387,7 @@ def _mv(cmd: SimpleCommand) -> Iterable[Finding]:
         cls, path = _worst(cmd, w)
         if cls in _DELETE_RULES:
             yield _f(_DELETE_RULES[cls], w, f"'mv' moves away {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
-        elif _GIT_DIR_RE.search(posixpath.normpath(path)):
+        elif _is_git_dir(path):
             yield _f("vcs.delete-repo", w, f"'mv' moves away {path}, a repository's history.")
         elif _HISTORY_RE.search(path):
             yield _f("evasion.history", w, f"'mv' moves away the shell history file {path}.")
@@ -428,7 +444,7 @@ def _opt_values(cmd: SimpleCommand, names: tuple[str, ...]) -> list[Word]:
 
 
 def _write_target(cmd: SimpleCommand, w: Word) -> Iterable[Finding]:
-    for p in paths(cmd, w):
+    for p in paths(cmd, w, follow=cmd.name != "ln"):
         found = list(_write_one(cmd, w, resolve_path(p)))
         if found:
             yield from found
@@ -455,7 +471,7 @@ def _write_one(cmd: SimpleCommand, w: Word, t: str) -> Iterable[Finding]:
 
 
 def _read_target(cmd: SimpleCommand, w: Word) -> Iterable[Finding]:
-    for p in paths(cmd, w):
+    for p in paths(cmd, w, follow=True):
         found = list(_read_one(cmd, w, resolve_path(p)))
         if found:
             yield from found
@@ -526,7 +542,7 @@ def _chmod(cmd: SimpleCommand) -> Iterable[Finding]:
     elif cmd.name in ("chown", "chgrp"):
         ops = ops[1:]
     for w in ops:
-        cls, path = _worst(cmd, w)
+        cls, path = _worst(cmd, w, follow="h" not in flags)      # chmod/chown follow a symlink operand
         if cls in ("root", "system", "home") and recursive:
             yield _f("perm.recursive-system", w, f"Recursive '{cmd.name}' on {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
         elif cls in ("root", "system"):
@@ -646,7 +662,7 @@ def _sysctl(cmd: SimpleCommand) -> Iterable[Finding]:
                 yield _f("sandbox.sysrq", a, f"'sysctl {a.text}' enables magic SysRq.")
             else:
                 yield _f("sandbox.kernel-param", a, f"'sysctl {a.text}' changes a kernel parameter.")
-        elif a.text in ("-p", "--load", "--system"):
+        elif a.text in ("-p", "-f", "--load", "--system") or a.text.startswith(("--load=", "-p/")):
             yield _f("sandbox.kernel-param", a, "'sysctl' loads kernel parameters.")
 
 
@@ -978,8 +994,8 @@ def check_command(cmd: SimpleCommand) -> list[Finding]:
         t = a.text
         if "/dev/tcp/" in t or "/dev/udp/" in t:
             out.append(_f("revshell.dev-tcp", a, f"{t} opens a network socket from the shell (reverse shell)."))
-        elif name not in _READERS_SKIP and check not in (_cp_like, _dd, _mv) and (
-                "/" in t or cmd.cwd and cmd.cwd.startswith(("/", "~")) and not t.startswith("-")):
+        elif name not in _READERS_SKIP and check not in (_cp_like, _dd, _mv, _rm, _shred, _chmod) and (
+                "/" in t or cmd.links or cmd.cwd and cmd.cwd.startswith(("/", "~")) and not t.startswith("-")):
             out.extend(_read_target(cmd, a))
     return out
 
