@@ -142,6 +142,8 @@ class Redirect:
     op: str
     target: Word
     owner: Optional["SimpleCommand"] = None
+    cwd: Optional[str] = None            # working directory and symlinks when it is opened
+    links: tuple = ()
 
     @property
     def writes(self) -> bool:
@@ -464,8 +466,11 @@ class _Walker:
         constant_tests = 0
         constant: list[SimpleCommand] = []
         for c in node.children:
-            if c.type == "do_group":
+            if c.type == "do_group" or c.type == "compound_statement" and node.type == "c_style_for_statement":
                 body.extend(self._walk(c, src))
+            elif node.type == "while_statement" and c.type == "compound_statement" and \
+                    [n.type for n in c.named_children] == ["number"] and src.raw(c.named_children[0]) != "0":
+                constant_tests += 1                 # while (( 1 ))
             elif node.type == "while_statement" and c.type == "negated_command":
                 negated = self._walk(c, src)        # while ! false: as constant as while true
                 cond.extend(negated)
@@ -572,6 +577,11 @@ class _Walker:
                         for a in c.args:
                             if not a.text.startswith("-"):
                                 self._wrote(a.text, text.text, "-a" in c.argv or "--append" in c.argv)
+                                if text.literal and _RC_FILE_RE.search(a.text):
+                                    cmds.extend(self.nested(text, text.text, src))
+                    if c.name == "crontab" and text.literal:  # echo '* * * * * CMD' | crontab -
+                        for line in _cron_commands(text.text):
+                            cmds.extend(self.nested(text, line, src))
 
     def _redirected(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
         body = node.child_by_field_name("body")
@@ -586,6 +596,16 @@ class _Walker:
                     hb = next((c for c in child.children if c.type == "heredoc_body"), None)
                     if hb is not None:
                         self.pending_input = src.raw(hb).split("\n", 1)[0]
+                elif child.type == "file_redirect" and "<" in [src.raw(c) for c in child.children if not c.is_named]:
+                    dest = child.child_by_field_name("destination")
+                    if dest is not None and dest.type == "process_substitution":      # done < <(echo /)
+                        inner = [c for c in dest.named_children]
+                        if len(inner) == 1 and inner[0].type == "command":
+                            probe = _Walker(Script(self.script.source))   # a dry walk into a scratch script
+                            probe.vars = dict(self.vars)
+                            self.pending_input = _emitted_line(probe._walk(inner[0], src))
+                    elif dest is not None and dest.type == "word" and self._abspath(_plain(src.raw(dest))) in self.files:
+                        self.pending_input = self.files[self._abspath(_plain(src.raw(dest)))].split("\n", 1)[0]
         try:
             cmds = self._walk(body, src) if body is not None else []
         finally:
@@ -606,6 +626,8 @@ class _Walker:
                     text = _emitted_text(owner)
                     self._wrote(red.target.text, text.text if text is not None and text.literal else None,
                                 red.op.endswith(">>"))
+                    if text is not None and text.literal and _RC_FILE_RE.search(red.target.text):
+                        extra.extend(self.nested(text, text.text, src))   # runs at the next login shell
         return cmds + extra
 
     def _wrote(self, path: str, text: Optional[str], append: bool) -> None:
@@ -637,14 +659,17 @@ class _Walker:
             if target is None:
                 return out
             out.extend(target.inner)
-            red = Redirect(op, target, owner)
+            red = Redirect(op, target, owner, self.cwd, self.links)
             self.script.redirects.append(red)
             if owner is not None:
                 owner.redirects.append(red)
                 if op == "<" and target.inner:           # sh < <(curl ...)
                     self._link([], list(target.inner), [owner], src)
                 elif op == "<" and self._abspath(target.text) in self.files:   # sh < x.sh written earlier
-                    out.extend(self._feed(owner, Word(self.files[self._abspath(target.text)], target.span), src))
+                    text = Word(self.files[self._abspath(target.text)], target.span)
+                    if _xargs_input(owner, [Word(t, target.span) for t in text.text.split()]):
+                        out.extend(self._nested_of(owner, src))
+                    out.extend(self._feed(owner, text, src))
         elif t == "herestring_redirect":
             word_nodes = [c for c in node.children if c.is_named]
             if word_nodes:
@@ -801,6 +826,11 @@ class _Walker:
                 if link.endswith("/"):
                     link += posixpath.basename(target.rstrip("/"))
                 self.links = self.links + ((self._abspath(link), target),)
+        elif name == "mount" and any(a.text in ("--bind", "-B", "--rbind", "-R") or
+                                     a.text.startswith("-o") and "bind" in a.text for a in args):
+            ops = [a for a in args if not a.text.startswith("-") and "bind" not in a.text]
+            if len(ops) >= 2 and all(a.literal for a in ops[-2:]):     # like a symlink: DST/ shows SRC
+                self.links = self.links + ((self._abspath(ops[-1].text), ops[-2].text),)
         elif name == "set" and args and args[0].text == "--":
             self._bind(args[1:])
         elif name == "printf" and len(args) >= 3 and args[0].text == "-v":     # printf -v x %s /
@@ -835,7 +865,12 @@ class _Walker:
             self._read(cmd, self.pending_input)
         if name in self.functions:
             return self._call(cmd)
-        return self._run_written(cmd, src) + self._file_fed(cmd, src)
+        return self._run_written(cmd, src) + self._file_fed(cmd, src) + self._crontab_file(cmd, src)
+
+    def _crontab_file(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
+        ops = [a for a in cmd.args if not a.text.startswith("-")]
+        text = self.files.get(self._abspath(ops[0].text)) if cmd.name == "crontab" and ops else None
+        return [c for line in _cron_commands(text or "") for c in self.nested(ops[0], line, src)]
 
     def _file_fed(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
         """Tools that run commands from a file written earlier in the line: ``make -f``, ``awk -f``,
@@ -1319,7 +1354,10 @@ def _emitted_args(cmd: SimpleCommand) -> list[Word]:
     """Words ``xargs`` would append: echo/printf output, the paths ``find`` lists (every path under
     its roots), or the entries ``ls DIR`` lists (``DIR/*``)."""
     if cmd.name == "find":
-        return [Word(a.text, a.span, a.literal, a.dynamic, (), a.glob, True) for a in find_roots(cmd.args)]
+        name = find_name_filter(cmd.args)
+        return [Word(a.text if name is None else posixpath.join(a.text, name), a.span, a.literal, a.dynamic, (),
+                     a.glob or name is not None and bool(_GLOB_RE.search(name)), True)
+                for a in find_roots(cmd.args) or [Word(".", cmd.span)]]
     if cmd.name == "ls":
         dirs = [a for a in cmd.args if not a.text.startswith("-")] or [Word(".", cmd.span)]
         return [Word(posixpath.join(a.text, "*"), a.span, a.literal, a.dynamic, (), True) for a in dirs]
@@ -1615,3 +1653,56 @@ _FILE_FED: dict[str, tuple[tuple[str, ...], Optional[object]]] = {
        for n in ("vi", "vim", "nvim", "ex", "view")},
     "gdb": (("-x", "--command"), lambda w: [i for line in _lines(w) for i in _gdb_exec([Word("-ex", w.span), line])]),
 }
+
+
+_RC_FILE_RE = re.compile(r"(^|/)\.(bashrc|bash_profile|bash_login|bash_logout|profile|zshrc|zprofile|zshenv|zlogin"
+                         r"|kshrc|mkshrc)$|^/etc/(profile|bash\.bashrc|zsh/zshrc|profile\.d/.*)$")
+
+
+def _cron_commands(text: str) -> list[str]:
+    """The commands of crontab lines: ``m h dom mon dow CMD`` or ``@reboot CMD``."""
+    out: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", line):
+            continue
+        parts = line.split(None, 1 if line.startswith("@") else 5)
+        if len(parts) == (2 if line.startswith("@") else 6):
+            out.append(parts[-1])
+    return out
+
+
+def _npx_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``npx -c 'cmd'``, ``npm exec -c 'cmd'``: a shell command."""
+    return [(w, False) for w in _opt_values(args, ("-c", "--call"))]
+
+
+def _tmux_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``tmux new -d 'cmd'``, ``tmux run-shell 'cmd'``: the shell command of a new pane or job."""
+    subs = {"new-session", "new", "new-window", "neww", "split-window", "splitw", "run-shell", "run",
+            "respawn-pane", "respawnp", "respawn-window", "respawnw", "display-popup", "popup"}
+    i = next((k for k, a in enumerate(args) if a.text in subs), None)
+    if i is None:
+        return []
+    rest, skip = [], False
+    for a in args[i + 1:]:
+        if skip:
+            skip = False
+        elif a.text.startswith("-") and len(a.text) > 1:
+            skip = a.text[-1] in "sncteFxyl" and len(a.text) == 2
+        else:
+            rest.append(a)
+    return [(_join(rest), False)] if rest else []
+
+
+def _screen_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``screen -dmS name CMD ARGS``: the program screen starts."""
+    i, n = 0, len(args)
+    while i < n and args[i].text.startswith("-"):
+        t = args[i].text
+        i += 2 if t[-1] in "SctTLphXe" and not t.startswith("--") and t not in ("-L",) else 1
+    return [(_join(args[i:]), False)] if i < n else []
+
+
+_OPTION_EXEC.update({"npx": _npx_exec, "npm": lambda a: _npx_exec(a) if a and a[0].text in ("exec", "x") else [],
+                     "tmux": _tmux_exec, "screen": _screen_exec})

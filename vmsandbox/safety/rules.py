@@ -173,6 +173,7 @@ def classify(text: str) -> Optional[str]:
 _TOP_LEVEL = SYSTEM_TREES | {"tmp", "mnt", "media", "lost+found", "workspace"}
 _HISTORY_RE = re.compile(r"(^|/)\.((bash|zsh|sh|ash|ksh|mksh|fish|python|mysql|psql|sqlite|node_repl|lesshst)_?history"
                          r"|zhistory|lesshst)$|(^|/)fish/fish_history$")
+_HISTORY_NAMES = (".bash_history", ".zsh_history", ".sh_history", ".history", ".zhistory")
 _GIT_DIR_RE = re.compile(r"(^|/)\.git(/\*?)?$")
 # Concrete paths a glob is matched against (per path component), so /etc/sha* is /etc/shadow and
 # /[u]sr/lib is /usr/lib. Whatever follows a matched prefix is kept: /e?c/* -> /etc/*.
@@ -368,6 +369,8 @@ def _find(cmd: SimpleCommand) -> Iterable[Finding]:
         cls, path = _worst(cmd, target)
         if cls in _DELETE_RULES:
             yield _f(_DELETE_RULES[cls], w, f"'find {w.text} -delete' deletes {_DELETE_WHAT[cls]} ({path}).")
+        elif name is not None and any(fnmatch.fnmatchcase(h, name) for h in _HISTORY_NAMES):
+            yield _f("evasion.history", w, f"'find {w.text} -name {name} -delete' deletes shell history files.")
 
 
 def _rsync(cmd: SimpleCommand) -> Iterable[Finding]:
@@ -1009,14 +1012,12 @@ def check_redirect(red: Redirect) -> list[Finding]:
         return [_f("revshell.dev-tcp", w, f"Redirect to {t} opens a network socket (reverse shell).")]
     if red.writes:
         fake = SimpleCommand(label, Word(label, None), [], None, 0)
-        if owner is not None:
-            fake.cwd, fake.links = owner.cwd, owner.links
+        fake.cwd, fake.links = red.cwd, red.links
         return [Finding(f.rule_id, f.risk_level, w.span, f.message.replace(f"'{label}' ", "A redirect ", 1)
                         if owner is None else f.message) for f in _write_target(fake, w)]
     if red.op == "<":
         fake = SimpleCommand(label, Word(label, None), [], None, 0)
-        if owner is not None:
-            fake.cwd, fake.links = owner.cwd, owner.links
+        fake.cwd, fake.links = red.cwd, red.links
         return list(_read_target(fake, w))
     return []
 
