@@ -93,8 +93,17 @@ _WRAPPERS.update({
     "dbus-run-session": (frozenset(), 0),
     "xvfb-run": (frozenset({"-n", "-s", "-f", "-e", "-p"}), 0),
     "prlimit": (frozenset({"-p", "--pid"}), 0),
+    "setarch": (frozenset(), 1),
+    "logsave": (frozenset(), 1),
+    "cpulimit": (frozenset({"-l", "--limit", "-p", "--pid", "-e", "--exe"}), 0),
+    "sshpass": (frozenset({"-p", "-f", "-d", "-P"}), 0),
+    "multitime": (frozenset({"-n", "-s", "-i", "-o"}), 0),
+    "perf": (frozenset({"-e", "--event", "-o", "--output", "-r", "--repeat", "-p", "--pid", "-t", "-C", "-F"}), 1),
 })
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+# the dynamic loader runs the program it is given: /lib64/ld-linux-x86-64.so.2 /bin/rm -rf /
+_LDSO_RE = re.compile(r"^ld(-linux[\w.-]*|-musl[\w.-]*)?\.so(\.\d+)*$")
+_LDSO_SPEC = (frozenset({"--library-path", "--preload", "--argv0", "--audit", "--inhibit-rpath"}), 0)
 MAX_LOOP_VALUES = 8                # a for loop's body is followed once per literal value, up to this
 _MAX_CALL_DEPTH = 3                # function bodies re-walked for their call arguments, nested this deep
 _REWALK_BUDGET = 256               # extra body walks (loop values, function calls) for one command line
@@ -116,7 +125,8 @@ python python3 perl ruby node php lua awk gawk
 
 # Variables whose value a program runs as a command (git, man, less, ssh-askpass, bash's BASH_ENV ...).
 COMMAND_VARIABLES = frozenset("""GIT_SSH_COMMAND GIT_PAGER GIT_EDITOR GIT_SEQUENCE_EDITOR GIT_EXTERNAL_DIFF
-GIT_ASKPASS SSH_ASKPASS PAGER MANPAGER SYSTEMD_PAGER EDITOR VISUAL PROMPT_COMMAND BASH_ENV ENV""".split())
+GIT_ASKPASS SSH_ASKPASS PAGER MANPAGER SYSTEMD_PAGER EDITOR VISUAL PROMPT_COMMAND BASH_ENV ENV LESSOPEN
+LESSCLOSE""".split())
 
 
 @dataclass(eq=False)
@@ -417,7 +427,8 @@ class _Walker:
         """Record ``NAME=value``; a variable that a program runs as a command is parsed as one."""
         self.script.assignments.append((name, value))
         if name in COMMAND_VARIABLES and value.text.strip():
-            return self.nested(value, value.text, src)
+            text = value.text.lstrip("|-") if name.startswith("LESS") else value.text   # LESSOPEN='|cmd %s'
+            return self.nested(value, text, src)
         return []
 
     def _for(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:
@@ -576,7 +587,8 @@ class _Walker:
                     if c.name == "tee":                     # echo CMD | tee x.sh: x.sh holds CMD
                         for a in c.args:
                             if not a.text.startswith("-"):
-                                self._wrote(a.text, text.text, "-a" in c.argv or "--append" in c.argv)
+                                self._wrote(a.text, text.text if text.literal else None,
+                                            "-a" in c.argv or "--append" in c.argv)
                                 if text.literal and _RC_FILE_RE.search(a.text):
                                     cmds.extend(self.nested(text, text.text, src))
                     if c.name == "crontab" and text.literal:  # echo '* * * * * CMD' | crontab -
@@ -999,6 +1011,11 @@ class _Walker:
 
     def _feed(self, cmd: SimpleCommand, text: Word, src: _Source) -> list[SimpleCommand]:
         """Literal text arrives on ``cmd``'s stdin: parse it if ``cmd`` runs it as code."""
+        if cmd.name in ("ed", "red", "ex", "ftp", "sftp", "gdb", "mysql", "psql", "sqlite3"):
+            # their ! (\! in psql/mysql, .shell in sqlite3) commands run a shell
+            return [c for line in text.text.splitlines()
+                    for m in [re.match(r"^\s*(?:!|\\!|\.shell\s|\.system\s|system\s|shell\s)\s*(.+)$", line)] if m
+                    for c in self.nested(text, m.group(1), src)]
         if cmd.name in SHELLS or cmd.name in STDIN_SCRIPT_RUNNERS or cmd.name in ("source", "."):
             if cmd.name in SHELLS and _shell_script(cmd.args) is not None:
                 return []
@@ -1412,9 +1429,10 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
                 return out
         if base == "find":
             return [(name, args, wrappers)] + _find_exec(args, wrappers)
-        if base not in _WRAPPERS or (base == "command" and any(a.text in ("-v", "-V") for a in args)):
+        spec = _WRAPPERS.get(base or "") or (_LDSO_SPEC if base and _LDSO_RE.match(base) else None)
+        if spec is None or (base == "command" and any(a.text in ("-v", "-V") for a in args)):
             break
-        with_value, operands = _WRAPPERS[base]
+        with_value, operands = spec
         i = 0
         while i < len(args):
             t = args[i].text
@@ -1704,5 +1722,29 @@ def _screen_exec(args: list[Word]) -> list[tuple[Word, bool]]:
     return [(_join(args[i:]), False)] if i < n else []
 
 
+def _db_shell_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``psql -c '\\! cmd'``, ``mysql -e 'system cmd'``, ``sqlite3 db '.shell cmd'``: shell escapes."""
+    out: list[tuple[Word, bool]] = []
+    for w in _opt_values(args, ("-c", "--command", "-e", "--execute"), ("-e",)) + [a for a in args if a.text.startswith(".")]:
+        for part in re.split(r"[;\n]", w.text):
+            m = re.match(r"^\s*(?:\\!|system\s|\.shell\s|\.system\s)\s*(.+)$", part)
+            if m:
+                out.append((_sub(w, m.group(1)), False))
+    return out
+
+
+def _daemon_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``start-stop-daemon --start --exec PROG -- ARGS``: the program it starts."""
+    progs = _opt_values(args, ("--startas", "-a", "--exec", "-x"))
+    if not progs:
+        return []
+    rest = args[next((i for i, a in enumerate(args) if a.text == "--"), len(args) - 1) + 1:]
+    return [(_join([progs[0], *rest]), False)]
+
+
+_OPTION_EXEC.update({"psql": _db_shell_exec, "mysql": _db_shell_exec, "mariadb": _db_shell_exec,
+                     "sqlite3": _db_shell_exec, "start-stop-daemon": _daemon_exec,
+                     "nano": lambda a: [(w, False) for w in _opt_values(a, ("-s", "--speller"))],
+                     "rpm": lambda a: [(w, True) for w in _opt_values(a, ("--eval", "-E"))]})
 _OPTION_EXEC.update({"npx": _npx_exec, "npm": lambda a: _npx_exec(a) if a and a[0].text in ("exec", "x") else [],
                      "tmux": _tmux_exec, "screen": _screen_exec})

@@ -361,6 +361,9 @@ def _shred(cmd: SimpleCommand) -> Iterable[Finding]:
 
 
 def _find(cmd: SimpleCommand) -> Iterable[Finding]:
+    for i, a in enumerate(cmd.args[:-1]):        # -fprint FILE writes FILE
+        if a.text in ("-fprint", "-fprint0", "-fprintf", "-fls"):
+            yield from _write_target(cmd, cmd.args[i + 1])
     if not any(a.text in ("-delete",) for a in cmd.args):
         return
     name = find_name_filter(cmd.args)
