@@ -205,6 +205,7 @@ class Loop:
     span: Optional[tuple[int, int]]
     unbounded: bool
     body: list[SimpleCommand]
+    spawned: list[SimpleCommand] = field(default_factory=list)   # put in the background inside the body
 
 
 @dataclass(eq=False)
@@ -495,7 +496,8 @@ class _Walker:
         if node.type == "while_statement":
             unbounded = (bool(cond) or constant_tests > 0) and \
                 all(c in constant or _constant_condition(c, keyword == "until") for c in cond)
-        self.script.loops.append(Loop(src.span(node), unbounded, body))
+        # only a `&` inside the body spawns per pass; `(while ...; done) &` backgrounds the loop once
+        self.script.loops.append(Loop(src.span(node), unbounded, body, [c for c in body if c.background]))
         return cond + body
 
     def _function(self, node: tree_sitter.Node, src: _Source) -> list[SimpleCommand]:

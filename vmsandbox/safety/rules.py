@@ -783,9 +783,10 @@ def check_assignments(script: Script) -> list[Finding]:
 
 def check_loop(loop: Loop) -> list[Finding]:
     """``while true; do CMD & done``: processes pile up until the sandbox runs out of PIDs or memory."""
-    if not loop.unbounded or any(c.name in ("break", "exit", "return") for c in loop.body):
-        return []
-    spawned = [c for c in loop.body if c.background]
+    if not loop.unbounded or any(c.name in ("break", "exit", "return", "wait") or c.name == "kill" and any(
+            a.text.startswith("$") or a.text.startswith("%") for a in c.args) for c in loop.body):
+        return []                           # leaves the loop, or reaps / kills what it started (a restart loop)
+    spawned = loop.spawned
     if not spawned:
         return []
     return [Finding("proc.spawn-loop", C, loop.span,
@@ -975,7 +976,8 @@ _CHECKS: dict[str, Callable[[SimpleCommand], Iterable[Finding]]] = {
     "crontab": _crontab, "swapoff": _swap, "swapon": _swap, "history": _history, "set": _history, "git": _git,
     "socat": _socat, **{n: _netcat for n in _NC_NAMES},
 }
-_READERS_SKIP = frozenset({"echo", "printf", "ls", "stat", "test", "[", "which", "file", "dd", "find"})
+_READERS_SKIP = frozenset({"echo", "printf", "ls", "stat", "test", "[", "which", "file", "dd", "find", "du", "tree",
+                           "getfacl", "lsattr", "realpath", "readlink", "basename", "dirname", "namei", "touch"})
 
 
 def check_command(cmd: SimpleCommand) -> list[Finding]:
