@@ -115,6 +115,31 @@ def test_spawn_loops(v: SafetyValidator) -> None:
     assert level(v, "while true; do sleep 9 & break; done") == M          # leaves the loop
     assert level(v, "while read -r f; do gzip \"$f\" & done < list") == M  # bounded by its input
     assert level(v, "for i in 1 2 3; do sleep 9 & done") <= M
+    assert level(v, "while true; do ./srv & pid=$!; sleep 9; kill $pid; done") == M   # a restart loop
+    assert level(v, "(while true; do date; sleep 1; done) &") <= M                      # one loop in the background
+
+
+def test_shell_word_rules_brace_lists_splitting_and_aliases(v: SafetyValidator) -> None:
+    assert level(v, "rm -rf /{tmp,etc}") == C
+    assert level(v, "rm -rf '/{tmp,etc}'") == M                        # quoted: no brace expansion
+    assert level(v, "rm -rf $(echo /tmp /etc)") == C                    # unquoted: split into words
+    assert level(v, "rm -rf \"$(echo /tmp /etc)\"") == M                 # quoted: one odd path
+    assert level(v, "alias x='rm -rf'; x /") == C
+    assert level(v, "alias rm='rm -i'; rm -rf build") == M            # self-referencing alias ends
+
+
+def test_files_written_then_read_by_other_tools(v: SafetyValidator) -> None:
+    assert level(v, "echo 'rm -rf /' > x; cat x | sh") == C
+    assert level(v, "printf 'all:\\n\\treboot\\n' > M; make -f M") == C
+    assert level(v, "printf 'all:\\n\\tgcc x.c\\n' > M; make -f M") == M
+    assert level(v, "echo '@reboot rm -rf /' | crontab -") == C           # the line it will run
+    assert level(v, "echo 'rm -rf ~' >> ~/.bashrc") == C                  # runs at the next login
+    assert level(v, "echo 'export A=1' >> ~/.bashrc") == M
+
+
+def test_bare_redirects_use_the_working_directory(v: SafetyValidator) -> None:
+    assert "cred.account-write" in rules(v, "cd /etc && > passwd")
+    assert level(v, "cd /tmp && > passwd") == M
 
 
 def test_findings_explain_the_resolved_target(v: SafetyValidator) -> None:
