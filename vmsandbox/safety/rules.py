@@ -2,7 +2,9 @@
 
 Input is a parsed ``Script`` (see ``parser.py``); output is a list of ``Finding``. Each check
 looks at normalised ``SimpleCommand`` records (wrappers stripped, quotes removed), the
-redirects, the function definitions, or the inline program of an interpreter. ``RULES`` is the
+redirects, the function definitions, the loops, the variable assignments, or the inline program
+of an interpreter. Operands are resolved against the working directory and symlinks the parser
+tracked, and globs against the sensitive paths they can match (``paths``). Pure: no I/O. ``RULES`` is the
 catalogue that ``docs/policy.md`` documents and that ``safety.validation.allow`` may name.
 """
 from __future__ import annotations
