@@ -101,6 +101,7 @@ _WRAPPERS.update({
     "perf": (frozenset({"-e", "--event", "-o", "--output", "-r", "--repeat", "-p", "--pid", "-t", "-C", "-F"}), 1),
 })
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+_CHDIR = "cd:"                     # marks `env -C DIR` / `sudo -D DIR` among a command's wrappers
 # the dynamic loader runs the program it is given: /lib64/ld-linux-x86-64.so.2 /bin/rm -rf /
 _LDSO_RE = re.compile(r"^ld(-linux[\w.-]*|-musl[\w.-]*)?\.so(\.\d+)*$")
 _LDSO_SPEC = (frozenset({"--library-path", "--preload", "--argv0", "--audit", "--inhibit-rpath"}), 0)
@@ -326,7 +327,10 @@ class _Walker:
         self.files: dict[str, str] = {}                 # path -> literal text written to it
         self.functions: dict[str, tuple] = {}           # name -> (body node, source)
         self.aliases: dict[str, str] = {}               # name -> replacement text
+        self.arrays: dict[str, list[str]] = {}          # x=(a b), read -a x
+        self.each_vars: set[str] = set()                # read from `find DIR`: every path under DIR
         self.pending_input: Optional[str] = None        # literal stdin of the loop being walked
+        self.pending_each = False                       # ... and it lists every path under a root
         self.budget = _REWALK_BUDGET                    # nested loops multiply: bound the work
 
     def _spend(self, span: Optional[tuple[int, int]]) -> bool:
@@ -417,6 +421,16 @@ class _Walker:
         if value_node is None:
             self.vars[name] = ""
             return []
+        self.each_vars.discard(name)
+        if value_node.type == "array":              # x=(/ /etc): ${x[@]}, ${x[1]}, $x (the first)
+            words = [w for c in value_node.named_children for w in self._words(c, src)]
+            self.arrays[name] = [w.text for w in words]
+            if words and all(w.literal for w in words):
+                self.vars[name] = words[0].text
+            else:
+                self.vars.pop(name, None)
+                self.arrays.pop(name, None)
+            return [c for w in words for c in w.inner]
         value = self._word(value_node, src)
         if value.literal:
             self.vars[name] = value.text
@@ -489,9 +503,8 @@ class _Walker:
                 if len(negated) == 1 and negated[0].name == ("true" if keyword == "until" else "false"):
                     constant.extend(negated)
             elif node.type == "while_statement" and c.is_named:
-                if c.type == "test_command" and len(c.named_children) == 1 and \
-                        c.named_children[0].type in ("number", "word", "raw_string", "string") and keyword == "while":
-                    constant_tests += 1          # while [ 1 ]: a non-empty string is always true
+                if c.type == "test_command" and _static_test(c, src) is (keyword == "while"):
+                    constant_tests += 1          # while [ 1 ], while [ 1 -eq 1 ], until [ 0 -eq 1 ]
                 cond.extend(self._walk(c, src))
         if node.type == "while_statement":
             unbounded = (bool(cond) or constant_tests > 0) and \
@@ -553,13 +566,14 @@ class _Walker:
         out: list[SimpleCommand] = []
         previous: list[SimpleCommand] = []
         for stage in stages:
-            saved = self.pending_input
+            saved = self.pending_input, self.pending_each
             if previous:
                 self.pending_input = _emitted_line(previous)      # echo / | read x; ls / | while read d
+                self.pending_each = any(c.name == "find" for c in previous)
             try:
                 cmds = self._walk(stage, src)
             finally:
-                self.pending_input = saved
+                self.pending_input, self.pending_each = saved
             self._link(out, previous, cmds, src)
             out.extend(cmds)
             previous = cmds
@@ -591,8 +605,8 @@ class _Walker:
                             if not a.text.startswith("-"):
                                 self._wrote(a.text, text.text if text.literal else None,
                                             "-a" in c.argv or "--append" in c.argv)
-                                if text.literal and _RC_FILE_RE.search(a.text):
-                                    cmds.extend(self.nested(text, text.text, src))
+                                if text.literal:
+                                    cmds.extend(self._runs_later(a.text, text, src))
                     if c.name == "crontab" and text.literal:  # echo '* * * * * CMD' | crontab -
                         for line in _cron_commands(text.text):
                             cmds.extend(self.nested(text, line, src))
@@ -617,13 +631,16 @@ class _Walker:
                         if len(inner) == 1 and inner[0].type == "command":
                             probe = _Walker(Script(self.script.source))   # a dry walk into a scratch script
                             probe.vars = dict(self.vars)
-                            self.pending_input = _emitted_line(probe._walk(inner[0], src))
+                            probed = probe._walk(inner[0], src)
+                            self.pending_input = _emitted_line(probed)
+                            self.pending_each = any(c.name == "find" for c in probed)
                     elif dest is not None and dest.type == "word" and self._abspath(_plain(src.raw(dest))) in self.files:
                         self.pending_input = self.files[self._abspath(_plain(src.raw(dest)))].split("\n", 1)[0]
         try:
             cmds = self._walk(body, src) if body is not None else []
         finally:
             self.pending_input = saved
+            self.pending_each = False
         target = body
         while target is not None and target.type == "list" and target.named_children:
             target = target.named_children[-1]     # `cd x && echo y > f` parses as (cd && echo) > f
@@ -640,9 +657,23 @@ class _Walker:
                     text = _emitted_text(owner)
                     self._wrote(red.target.text, text.text if text is not None and text.literal else None,
                                 red.op.endswith(">>"))
-                    if text is not None and text.literal and _RC_FILE_RE.search(red.target.text):
-                        extra.extend(self.nested(text, text.text, src))   # runs at the next login shell
+                    if text is not None and text.literal:
+                        extra.extend(self._runs_later(red.target.text, text, src))
         return cmds + extra
+
+    def _runs_later(self, path: str, text: Word, src: _Source) -> list[SimpleCommand]:
+        """Text written to a file the system runs later (shell start-up files, cron, init scripts,
+        systemd units): parse the commands it will run."""
+        path = self._abspath(path)
+        if _RC_FILE_RE.search(path):
+            return self.nested(text, text.text, src)
+        if _CRON_FILE_RE.search(path):
+            user_field = not path.startswith("/var/spool/")
+            return [c for line in _cron_commands(text.text, user_field) for c in self.nested(text, line, src)]
+        if path.endswith((".service", ".timer", ".socket")):
+            return [c for m in re.finditer(r"^\s*Exec\w*\s*=\s*[-@+!:]*(.+)$", text.text, re.M)
+                    for c in self.nested(text, m.group(1), src)]
+        return []
 
     def _wrote(self, path: str, text: Optional[str], append: bool) -> None:
         key = self._abspath(path)
@@ -777,6 +808,10 @@ class _Walker:
                 + ", ".join(sorted({c.name for c in primary if c.name})[:6])))
         for cmd in primary:
             cmd.cwd, cmd.links = self.cwd, self.links
+            chdirs = [w[len(_CHDIR):] for w in cmd.wrappers if w.startswith(_CHDIR)]
+            if chdirs:
+                cmd.cwd = self._abspath(chdirs[-1])
+                cmd.wrappers = tuple(w for w in cmd.wrappers if not w.startswith(_CHDIR))
             self.script.commands.append(cmd)
             out.append(cmd)
             out.extend(self._nested_of(cmd, src))
@@ -787,8 +822,9 @@ class _Walker:
         return out + other
 
     def _expand_positional(self, node: tree_sitter.Node, src: _Source) -> Optional[list[Word]]:
-        """``"$@"`` / ``$*`` with known positional parameters: one word per parameter."""
-        if self.positional is None:
+        """``"$@"`` / ``$*`` with known positional parameters, ``"${x[@]}"`` of a known array:
+        one word per parameter or element."""
+        if self.positional is None and not self.arrays:
             return None
         inner = node
         if node.type == "string":
@@ -796,7 +832,10 @@ class _Walker:
             if len(named) != 1:
                 return None
             inner = named[0]
-        if inner.type != "simple_expansion" or src.raw(inner) not in ("$@", "$*"):
+        m = re.fullmatch(r"\$\{(\w+)\[@\]\}", src.raw(inner))
+        if m and m.group(1) in self.arrays:             # "${x[@]}": one word per element
+            return [Word(t, src.span(node), True, True) for t in self.arrays[m.group(1)]]
+        if self.positional is None or inner.type != "simple_expansion" or src.raw(inner) not in ("$@", "$*"):
             return None
         span = src.span(node)
         return [Word(a.text, span, a.literal, True, (), a.glob, a.each) for a in self.positional]
@@ -877,6 +916,9 @@ class _Walker:
                 self.function_stack.pop()
         elif name == "read" and cmd.stdin_text is None and self.pending_input is not None:
             self._read(cmd, self.pending_input)
+        if name == "git" and self.files:            # a hook written earlier runs on commit, push, checkout ...
+            hooks = [t for path, t in self.files.items() if _HOOK_RE.search(path)]
+            return [c for t in hooks for c in self.nested(cmd.name_word, t, src)]
         if name in self.functions:
             return self._call(cmd)
         return self._run_written(cmd, src) + self._file_fed(cmd, src) + self._crontab_file(cmd, src)
@@ -931,14 +973,21 @@ class _Walker:
     def _read(self, cmd: SimpleCommand, text: str) -> None:
         """``read a b <<< 'x y z'``: a=x, b='y z' (the first line; REPLY when no name is given)."""
         names: list[str] = []
-        skip = False
-        for a in cmd.args:
+        skip, array = False, None
+        for k, a in enumerate(cmd.args):
             if skip:
                 skip = False
-            elif a.text in ("-p", "-d", "-n", "-N", "-t", "-u", "-a", "-i"):
+            elif a.text == "-a" and k + 1 < len(cmd.args):
+                array = cmd.args[k + 1].text
+                skip = True
+            elif a.text in ("-p", "-d", "-n", "-N", "-t", "-u", "-i"):
                 skip = True
             elif not a.text.startswith("-"):
                 names.append(a.text)
+        if array is not None:                       # read -a x <<< '/ /etc'
+            self.arrays[array] = text.split("\n", 1)[0].split()
+            self.vars[array] = self.arrays[array][0] if self.arrays[array] else ""
+            return
         names = names or ["REPLY"]
         line = text.split("\n", 1)[0]
         ifs = self.vars.get("IFS")
@@ -947,6 +996,10 @@ class _Walker:
         fields = line.split(None, len(names) - 1)
         for i, n in enumerate(names):
             self.vars[n] = fields[i] if i < len(fields) else ""
+            if self.pending_each and i == 0:
+                self.each_vars.add(n)               # find DIR | while read f: f is every path under DIR
+            else:
+                self.each_vars.discard(n)
 
     def _nested_of(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
         """Scripts a command runs: sh -c, eval, su -c, trap, alias, watch, inline interpreter code."""
@@ -974,10 +1027,12 @@ class _Walker:
             script = _option_value(args, ("-S", "--split-string"))
         elif is_interpreter(name):
             code = _interpreter_code(name, args)
+            extra = [c for w, _ in (_awk_exec(args) if name.lower().endswith("awk") else [])
+                     for c in self.nested(w, w.text, src)]
             if code is not None:
                 cmd.inline_code = code
-                return self._code_strings(code, src)
-            return []
+                return self._code_strings(code, src) + extra
+            return extra
         elif name in _OPTION_EXEC:          # tar --checkpoint-action=exec=..., git -c core.pager=... (GTFOBins)
             out: list[SimpleCommand] = []
             for w, is_code in _OPTION_EXEC[name](args):
@@ -1052,7 +1107,7 @@ class _Walker:
         inner: list[SimpleCommand] = []
         self._word_text(node, src, parts, state, inner)
         return Word("".join(parts), src.span(node), state["literal"], state["dynamic"], tuple(inner),
-                    _is_glob(node, src))
+                    _is_glob(node, src), bool(state.get("each")))
 
     def _word_text(self, node: tree_sitter.Node, src: _Source, parts: list[str], state: dict,
                    inner: list[SimpleCommand]) -> None:
@@ -1080,6 +1135,18 @@ class _Walker:
             simple = len([c for c in node.children if c.is_named]) == 1
             name = src.raw(var) if var is not None else ""
             op = next((c.type for c in node.children if c.type in _DEFAULT_OPS), None)
+            sub = next((c for c in node.children if c.type == "subscript"), None)
+            if simple and name in self.each_vars:
+                state["each"] = True
+            if sub is not None and len([c for c in node.children if c.is_named]) == 1:
+                arr = sub.child_by_field_name("name")
+                idx = sub.child_by_field_name("index")
+                values = self.arrays.get(src.raw(arr)) if arr is not None else None
+                key = src.raw(idx) if idx is not None else ""
+                if values is not None and (key in ("@", "*") or key.isdigit() and int(key) < len(values)):
+                    parts.append(" ".join(values) if key in ("@", "*") else values[int(key)])
+                    state["dynamic"] = True
+                    return
             if simple and name == "IFS":
                 parts.append(" ")
                 state["dynamic"] = True
@@ -1110,7 +1177,15 @@ class _Walker:
         elif t == "command_substitution":
             cmds = self._walk(node, src)
             inner.extend(cmds)
-            text = _emitted_text(cmds[0]) if len(cmds) == 1 else None
+            emitters = [c for c in cmds if _emitted_text(c) is not None or _emitted_args(c)]
+            if len(cmds) == 1 or cmds and cmds[0].name in self.functions and len(emitters) == 1:
+                text = _emitted_text(emitters[0]) if emitters else None   # $(f) of f(){ echo /; }
+                if text is None and emitters and emitters[0].name in ("ls", "find"):
+                    words = _emitted_args(emitters[0])                     # $(ls /) lists /*
+                    text = Word(" ".join(w.text for w in words), None) if all(w.literal for w in words) else None
+                    state["each"] = state.get("each") or emitters[0].name == "find"
+            else:
+                text = None
             if text is not None and text.literal:      # $(printf rm), `echo /`: the printed text
                 parts.append(text.text.rstrip("\n"))
                 state["dynamic"] = True
@@ -1181,6 +1256,34 @@ def _join_continuations(text: str) -> str:
             i += 1
         i += 1
     return "".join(out)
+
+
+_LITERAL_NODES = ("number", "word", "raw_string")
+_TEST_OPS = {"-eq": lambda a, b: int(a) == int(b), "-ne": lambda a, b: int(a) != int(b),
+             "-lt": lambda a, b: int(a) < int(b), "-gt": lambda a, b: int(a) > int(b),
+             "-le": lambda a, b: int(a) <= int(b), "-ge": lambda a, b: int(a) >= int(b),
+             "=": lambda a, b: a == b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b}
+
+
+def _static_test(node: tree_sitter.Node, src: _Source) -> Optional[bool]:
+    """The value of ``[ 1 ]``, ``[ 1 -eq 1 ]``, ``[[ a == b ]]`` when it has only literals, else None."""
+    named = node.named_children
+    if len(named) != 1:
+        return None
+    expr = named[0]
+    if expr.type in _LITERAL_NODES or expr.type == "string" and not expr.named_children:
+        return bool(_plain(src.raw(expr)).strip('"'))
+    if expr.type == "binary_expression":
+        left, right = expr.child_by_field_name("left"), expr.child_by_field_name("right")
+        op = next((src.raw(c) for c in expr.children if not c.is_named or c.type == "test_operator"), None)
+        if left is None or right is None or op not in _TEST_OPS or \
+                left.type not in _LITERAL_NODES or right.type not in _LITERAL_NODES:
+            return None
+        try:
+            return bool(_TEST_OPS[op](_plain(src.raw(left)), _plain(src.raw(right))))
+        except ValueError:
+            return None
+    return None
 
 
 def _constant_condition(cmd: SimpleCommand, until: bool) -> bool:
@@ -1341,6 +1444,17 @@ def _emitted_text(cmd: SimpleCommand) -> Optional[Word]:
         return Word(decoded, args[0].span, True, decoded != text and bool(_HAS_ESCAPE.search(text)))
     if cmd.output is not None:
         return cmd.output
+    if cmd.name == "pwd" and cmd.cwd and cmd.cwd.startswith(("/", "~")):
+        return Word(cmd.cwd, cmd.span)
+    if cmd.name in ("dirname", "basename", "realpath", "readlink"):
+        ops = [a for a in cmd.args if not a.text.startswith("-")]
+        if len(ops) == 1 and ops[0].literal and (cmd.name != "readlink" or any(a.text in ("-f", "-e", "-m")
+                                                                              for a in cmd.args)):
+            t = ops[0].text.rstrip("/") or "/"
+            out = {"dirname": posixpath.dirname(t) or ".", "basename": posixpath.basename(t) or "/"}.get(
+                cmd.name, posixpath.normpath(t))
+            return Word(out, ops[0].span)
+        return None
     if cmd.name in ("cat", "tee") and cmd.stdin_text is not None and not any(
             not a.text.startswith("-") for a in cmd.args if cmd.name == "cat"):
         return cmd.stdin_text
@@ -1435,6 +1549,7 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
         if spec is None or (base == "command" and any(a.text in ("-v", "-V") for a in args)):
             break
         with_value, operands = spec
+        chdir: Optional[str] = None
         i = 0
         while i < len(args):
             t = args[i].text
@@ -1447,6 +1562,10 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
             if t.startswith("-") and len(t) > 1:
                 if base == "env" and t in ("-S", "--split-string") or t.startswith("--split-string="):
                     return [(name, args, wrappers)]   # env -S is re-parsed as a script
+                if base in ("env", "sudo") and t in ("-C", "--chdir", "-D") and i + 1 < len(args):
+                    chdir = args[i + 1].text          # env -C / rm -rf *: runs in /
+                elif base in ("env", "sudo") and t.startswith("--chdir="):
+                    chdir = t.split("=", 1)[1]
                 i += 2 if t in with_value else 1
                 continue
             break
@@ -1460,6 +1579,8 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
                 return [(Word("echo", name.span), [], wrappers + ["xargs"])]
             break
         wrappers.append(base)
+        if chdir is not None:
+            wrappers.append(_CHDIR + chdir)
         name, args = args[i], args[i + 1:]
     return [(name, args, wrappers)]
 
@@ -1531,6 +1652,13 @@ _GIT_EXEC_KEY = re.compile(r"^(core\.(pager|editor|sshcommand|fsmonitor|askpass|
 
 def _git_exec(args: list[Word]) -> list[tuple[Word, bool]]:
     out: list[tuple[Word, bool]] = []
+    sub = _skip_options(args, frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace"}))
+    if sub and sub[0].text == "config":         # git config core.pager 'cmd': runs at the next git log
+        ops = [a for a in sub[1:] if not a.text.startswith("-")]
+        if len(ops) >= 2 and _GIT_EXEC_KEY.match(ops[0].text):
+            value = ops[1].text
+            if not (ops[0].text.lower().startswith(("alias.", "credential")) and not value.startswith("!")):
+                out.append((_sub(ops[1], value[1:] if value.startswith("!") else value), False))
     for w in _opt_values(args, ("-c",)):
         key, _, value = w.text.partition("=")
         if _GIT_EXEC_KEY.match(key) and value.strip():
@@ -1676,18 +1804,24 @@ _FILE_FED: dict[str, tuple[tuple[str, ...], Optional[object]]] = {
 
 
 _RC_FILE_RE = re.compile(r"(^|/)\.(bashrc|bash_profile|bash_login|bash_logout|profile|zshrc|zprofile|zshenv|zlogin"
-                         r"|kshrc|mkshrc)$|^/etc/(profile|bash\.bashrc|zsh/zshrc|profile\.d/.*)$")
+                         r"|kshrc|mkshrc)$|^/etc/(profile|bash\.bashrc|zsh/zshrc|profile\.d/.*|rc\.local|init\.d/.*"
+                         r"|cron\.(hourly|daily|weekly|monthly)/.*)$")
+_CRON_FILE_RE = re.compile(r"^/etc/(crontab|cron\.d/.*)$|^/var/spool/cron/.+")
+_HOOK_RE = re.compile(r"(^|/)hooks/(pre-commit|commit-msg|post-commit|pre-push|post-checkout|post-merge|pre-rebase"
+                      r"|prepare-commit-msg|pre-applypatch|post-applypatch|applypatch-msg|pre-merge-commit"
+                      r"|post-rewrite|reference-transaction|pre-auto-gc|post-update|pre-receive|update)$")
 
 
-def _cron_commands(text: str) -> list[str]:
-    """The commands of crontab lines: ``m h dom mon dow CMD`` or ``@reboot CMD``."""
+def _cron_commands(text: str, user_field: bool = False) -> list[str]:
+    """The commands of crontab lines: ``m h dom mon dow [user] CMD`` or ``@reboot [user] CMD``."""
     out: list[str] = []
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#") or re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", line):
             continue
-        parts = line.split(None, 1 if line.startswith("@") else 5)
-        if len(parts) == (2 if line.startswith("@") else 6):
+        fields = (1 if line.startswith("@") else 5) + user_field
+        parts = line.split(None, fields)
+        if len(parts) == fields + 1:
             out.append(parts[-1])
     return out
 
@@ -1744,9 +1878,22 @@ def _daemon_exec(args: list[Word]) -> list[tuple[Word, bool]]:
     return [(_join([progs[0], *rest]), False)]
 
 
+def _awk_exec(args: list[Word]) -> list[tuple[Word, bool]]:
+    """``awk -v c='reboot' 'BEGIN{system(c)}'``: a -v variable the program hands to a shell."""
+    code = _interpreter_code("awk", args)
+    out: list[tuple[Word, bool]] = []
+    for w in _opt_values(args, ("-v", "--assign"), ("-v",)):
+        name, _, value = w.text.partition("=")
+        if code is not None and name and re.search(r"(system\(\s*|\|\s*|\|&\s*)" + re.escape(name) + r"\b"
+                                                   r"|\b" + re.escape(name) + r"\s*\|\s*getline", code.text):
+            out.append((_sub(w, value), False))
+    return out
+
+
 _OPTION_EXEC.update({"psql": _db_shell_exec, "mysql": _db_shell_exec, "mariadb": _db_shell_exec,
                      "sqlite3": _db_shell_exec, "start-stop-daemon": _daemon_exec,
                      "nano": lambda a: [(w, False) for w in _opt_values(a, ("-s", "--speller"))],
-                     "rpm": lambda a: [(w, True) for w in _opt_values(a, ("--eval", "-E"))]})
+                     "rpm": lambda a: [(w, True) for w in _opt_values(a, ("--eval", "-E"))],
+                     "dpkg": lambda a: [(w, False) for w in _opt_values(a, ("--pre-invoke", "--post-invoke"))]})
 _OPTION_EXEC.update({"npx": _npx_exec, "npm": lambda a: _npx_exec(a) if a and a[0].text in ("exec", "x") else [],
                      "tmux": _tmux_exec, "screen": _screen_exec})

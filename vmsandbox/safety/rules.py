@@ -173,7 +173,7 @@ def classify(text: str) -> Optional[str]:
 
 
 _TOP_LEVEL = SYSTEM_TREES | {"tmp", "mnt", "media", "lost+found", "workspace"}
-_HISTORY_RE = re.compile(r"(^|/)\.((bash|zsh|sh|ash|ksh|mksh|fish|python|mysql|psql|sqlite|node_repl|lesshst)_?history"
+_HISTORY_RE = re.compile(r"(^|/)\.(((bash|zsh|sh|ash|ksh|mksh|fish|python|mysql|psql|sqlite|node_repl)_)?history"
                          r"|zhistory|lesshst)$|(^|/)fish/fish_history$")
 _HISTORY_NAMES = (".bash_history", ".zsh_history", ".sh_history", ".history", ".zhistory")
 _GIT_DIR_RE = re.compile(r"(^|/)\.git(/\*?)?$")
@@ -329,8 +329,8 @@ def _rm(cmd: SimpleCommand) -> Iterable[Finding]:
             yield _f("disk.write-device", w, f"'{cmd.name}' removes the device node {path}.", H)
         elif recursive and _is_git_dir(path):
             yield _f("vcs.delete-repo", w, f"Recursive delete of {_shown(w, path)}, a repository's history.")
-        elif _HISTORY_RE.search(path):
-            yield _f("evasion.history", w, f"'{cmd.name}' deletes the shell history file {path}.")
+        elif any(_HISTORY_RE.search(p) for p in paths(cmd, w)):
+            yield _f("evasion.history", w, f"'{cmd.name}' deletes a shell history file ({_shown(w, path)}).")
         elif recursive and _variable_root(w.text):
             yield _f("fs.delete-variable-root", w,
                      f"Recursive delete of {w.text} removes everything under / if the variable is empty.")
