@@ -169,3 +169,38 @@ def test_patterns_re2_cannot_run_are_config_errors_naming_the_key(pattern: str) 
         SafetyValidator({"validation": {"patterns": ["ok", {"pattern": pattern, "regex": True}]}})
     assert exc.value.path == "safety.validation.patterns[1].pattern"
     assert "RE2" in str(exc.value)
+
+
+# --- robustness ----------------------------------------------------------------------------------
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("cmd", [
+    "* * * * * * * * * * * *",                        # every word a glob naming every known program
+    "eval * * * * * *",                               # ... re-parsed as a nested script
+    "ech* \n* * * * root rm -rf /' >> /etc/crontab",  # found by fuzzing: took 451 s before the budget
+    "printf '\\x<\\UFFFFFFFF' | sh",                  # escapes that are not characters
+])
+def test_pathological_commands_are_judged_quickly(v: SafetyValidator, cmd: str) -> None:
+    assert level(v, cmd) >= M
+
+
+@pytest.mark.timeout(60)
+def test_random_mutations_of_the_corpora_never_raise(v: SafetyValidator) -> None:
+    import random
+    from pathlib import Path
+
+    import yaml
+    data = Path(__file__).resolve().parent.parent / "data"
+    cmds = [e["cmd"] for name in ("dangerous", "heldout", "ordinary")
+            for e in yaml.safe_load((data / f"policy_{name}.yaml").read_text())]
+    tokens = list("{}[]()$`'\"\\|&;<>*?!#=~,:-/ \n") + ["$(", "${", "<<<", "<<EOF\n", "&&", "((", "[[", "do",
+                                                          "done", "cd /", "ln -s / x", "f()", "$@", "${x[@]}"]
+    rnd = random.Random(10)
+    for _ in range(1500):
+        c = rnd.choice(cmds)
+        for _ in range(rnd.randint(1, 5)):
+            i = rnd.randint(0, len(c))
+            r = rnd.random()
+            c = c[:i] + rnd.choice(tokens) + c[i:] if r < 0.5 else c[:i] + c[i + rnd.randint(1, 4):] \
+                if r < 0.8 else c + rnd.choice([";", "|", " "]) + rnd.choice(cmds)
+        v.validate_command(c)          # any exception fails the test

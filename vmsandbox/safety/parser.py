@@ -102,6 +102,7 @@ _WRAPPERS.update({
 })
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
 _CHDIR = "cd:"                     # marks `env -C DIR` / `sudo -D DIR` among a command's wrappers
+_GLOB_CANDIDATES = 512             # programs a glob command name is followed as, per command
 # the dynamic loader runs the program it is given: /lib64/ld-linux-x86-64.so.2 /bin/rm -rf /
 _LDSO_RE = re.compile(r"^ld(-linux[\w.-]*|-musl[\w.-]*)?\.so(\.\d+)*$")
 _LDSO_SPEC = (frozenset({"--library-path", "--preload", "--argv0", "--audit", "--inhibit-rpath"}), 0)
@@ -255,7 +256,10 @@ def decode_escapes(text: str) -> str:
     def one(m: re.Match) -> str:
         e = m.group(1)
         if e[0] in "xuU":
-            return chr(int(e[1:], 16))
+            try:
+                return chr(int(e[1:], 16))
+            except (ValueError, OverflowError):     # \x with no digits, \U beyond Unicode: as written
+                return "\\" + e
         if e[0] in "01234567":
             return chr(int(e, 8) & 0xFF)
         if e[0] == "c" and len(e) == 2:
@@ -332,6 +336,7 @@ class _Walker:
         self.pending_input: Optional[str] = None        # literal stdin of the loop being walked
         self.pending_each = False                       # ... and it lists every path under a root
         self.budget = _REWALK_BUDGET                    # nested loops multiply: bound the work
+        self.globs = [_GLOB_CANDIDATES]                 # glob command names too, across nested scripts
 
     def _spend(self, span: Optional[tuple[int, int]]) -> bool:
         """Take one extra body walk from the budget; when it runs out, say so once (HIGH)."""
@@ -793,7 +798,7 @@ class _Walker:
             return self.run(text, src.depth + 1, None, src.span(node)) + other
         origin = (id(src), node.start_byte, node.end_byte)
         primary: list[SimpleCommand] = []
-        for name_w, argv, wrappers in _unwrap(name_word, args):
+        for name_w, argv, wrappers in _unwrap(name_word, args, self.globs):
             name = command_name(name_w.text) if name_w.literal else None
             primary.append(SimpleCommand(name, name_w, argv, src.span(node), src.depth,
                                          tuple(wrappers), origin=origin))
@@ -1528,23 +1533,27 @@ def find_roots(args: list[Word]) -> list[Word]:
     return roots
 
 
-def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[str]]]:
-    """Strip wrappers repeatedly; ``find -exec`` yields the exec'd commands too."""
+def _unwrap(name: Word, args: list[Word], globs: Optional[list[int]] = None
+            ) -> list[tuple[Word, list[Word], list[str]]]:
+    """Strip wrappers repeatedly; ``find -exec`` yields the exec'd commands too. ``globs`` is the
+    budget of glob-name candidates left (``* * * *`` must not fan out exponentially)."""
     wrappers: list[str] = []
+    globs = [_GLOB_CANDIDATES] if globs is None else globs
     for _ in range(16):
         base = command_name(name.text) if name.literal else None
-        if name.glob and base and _GLOB_RE.search(base):
+        if name.glob and base and _GLOB_RE.search(base) and globs[0] > 0:
             # /bin/r? -rf /: the glob can expand to any matching program; follow each known one
-            matches = sorted(n for n in KNOWN_COMMANDS if fnmatch.fnmatchcase(n, base))
+            matches = sorted(n for n in KNOWN_COMMANDS if fnmatch.fnmatchcase(n, base))[:globs[0]]
+            globs[0] -= len(matches)
             if matches:
                 out: list[tuple[Word, list[Word], list[str]]] = []
                 for m in matches:
-                    out.extend(_unwrap(Word(m, name.span), list(args)))
+                    out.extend(_unwrap(Word(m, name.span), list(args), globs))
                 for entry in out:
                     entry[2][:0] = wrappers
                 return out
         if base == "find":
-            return [(name, args, wrappers)] + _find_exec(args, wrappers)
+            return [(name, args, wrappers)] + _find_exec(args, wrappers, globs)
         spec = _WRAPPERS.get(base or "") or (_LDSO_SPEC if base and _LDSO_RE.match(base) else None)
         if spec is None or (base == "command" and any(a.text in ("-v", "-V") for a in args)):
             break
@@ -1585,7 +1594,7 @@ def _unwrap(name: Word, args: list[Word]) -> list[tuple[Word, list[Word], list[s
     return [(name, args, wrappers)]
 
 
-def _find_exec(args: list[Word], wrappers: list[str]) -> list[tuple[Word, list[Word], list[str]]]:
+def _find_exec(args: list[Word], wrappers: list[str], globs: list[int]) -> list[tuple[Word, list[Word], list[str]]]:
     roots = find_roots(args)
     root_text = roots[0].text if roots else "."
     name_filter = find_name_filter(args)
@@ -1602,7 +1611,7 @@ def _find_exec(args: list[Word], wrappers: list[str]) -> list[tuple[Word, list[W
             clause = [Word(a.text.replace("{}", each), a.span, a.literal, a.dynamic, a.inner, a.glob or glob,
                            "{}" in a.text) for a in args[i + 1:j]]
             if clause:
-                out.extend(_unwrap(clause[0], clause[1:]))
+                out.extend(_unwrap(clause[0], clause[1:], globs))
                 for entry in out:
                     if "find" not in entry[2]:
                         entry[2].insert(0, "find")
