@@ -5,9 +5,9 @@ subshells, groups, loop/if/case/function bodies, command and process substitutio
 here-strings), word normalisation (quotes, backslashes, ANSI-C strings, ``$IFS``, variables assigned
 earlier in the same script), wrapper stripping (sudo, env, timeout, xargs, find -exec, ...) and the
 re-parsing of nested scripts (``sh -c``, ``eval``, ``su -c``, text fed to a shell's stdin, shell
-strings inside inline interpreter code, option arguments that run commands: ``tar
---checkpoint-action=exec=``, ``git -c core.pager=``, ``ssh -o ProxyCommand=``, ...) up to
-``MAX_DEPTH``. It also follows the simple dataflow of one command line, in order: the working
+strings inside inline interpreter code, option arguments and files that run commands: ``tar
+--checkpoint-action=exec=``, ``git -c core.pager=``, ``ssh -o ProxyCommand=``, ... whose tables
+are in ``optexec.py``) up to ``MAX_DEPTH``. It also follows the simple dataflow of one command line, in order: the working
 directory (``cd``/``pushd``), variables (with ``${X:-default}``, ``read <<<``, ``for`` values,
 ``set --``), function bodies applied to their call arguments, symlinks made with ``ln -s``, files
 written with literal text and then run, and glob command names matched against known commands.
@@ -24,6 +24,12 @@ from typing import Optional
 
 import tree_sitter
 import tree_sitter_bash
+
+from .optexec import FILE_FED, OPTION_EXEC, awk_exec
+from .words import Word
+from .words import join_words as _join
+from .words import option_values as _opt_values
+from .words import skip_options as _skip_options
 
 MAX_DEPTH = 4                      # nested scripts deeper than this are reported, not parsed
 _MAX_CODE_STRINGS = 32             # shell strings taken from one inline program
@@ -129,24 +135,6 @@ python python3 perl ruby node php lua awk gawk
 COMMAND_VARIABLES = frozenset("""GIT_SSH_COMMAND GIT_PAGER GIT_EDITOR GIT_SEQUENCE_EDITOR GIT_EXTERNAL_DIFF
 GIT_ASKPASS SSH_ASKPASS PAGER MANPAGER SYSTEMD_PAGER EDITOR VISUAL PROMPT_COMMAND BASH_ENV ENV LESSOPEN
 LESSCLOSE""".split())
-
-
-@dataclass(eq=False)
-class Word:
-    """One shell word after normalisation.
-
-    ``text``: quotes and backslashes removed, ANSI-C decoded, known variables substituted;
-    unresolved expansions stay as written (``$HOME``). ``literal``: text is exactly what runs.
-    ``dynamic``: built from a variable, ``$IFS`` or an escape, so it hides its real text.
-    ``inner``: commands run by substitutions inside the word. ``span``: in the original command.
-    """
-    text: str
-    span: Optional[tuple[int, int]]
-    literal: bool = True
-    dynamic: bool = False
-    inner: tuple = ()
-    glob: bool = False      # holds an unquoted * ? [..]: the shell expands it to matching paths
-    each: bool = False      # stands for every path under it (find ROOT -exec CMD {}, find | xargs)
 
 
 @dataclass(eq=False)
@@ -936,7 +924,7 @@ class _Walker:
     def _file_fed(self, cmd: SimpleCommand, src: _Source) -> list[SimpleCommand]:
         """Tools that run commands from a file written earlier in the line: ``make -f``, ``awk -f``,
         ``sed -f``, ``ssh -F``, ``vim -S``, ``gdb -x``."""
-        feed = _FILE_FED.get(cmd.name or "")
+        feed = FILE_FED.get(cmd.name or "")
         if feed is None or not self.files:
             return []
         options, reader = feed
@@ -1032,15 +1020,15 @@ class _Walker:
             script = _option_value(args, ("-S", "--split-string"))
         elif is_interpreter(name):
             code = _interpreter_code(name, args)
-            extra = [c for w, _ in (_awk_exec(args) if name.lower().endswith("awk") else [])
+            extra = [c for w, _ in (awk_exec(args) if name.lower().endswith("awk") else [])
                      for c in self.nested(w, w.text, src)]
             if code is not None:
                 cmd.inline_code = code
                 return self._code_strings(code, src) + extra
             return extra
-        elif name in _OPTION_EXEC:          # tar --checkpoint-action=exec=..., git -c core.pager=... (GTFOBins)
+        elif name in OPTION_EXEC:          # tar --checkpoint-action=exec=..., git -c core.pager=... (GTFOBins)
             out: list[SimpleCommand] = []
-            for w, is_code in _OPTION_EXEC[name](args):
+            for w, is_code in OPTION_EXEC[name](args):
                 if cmd.script_word is None:
                     cmd.script_word = w
                 out.extend(self._code_strings(w, src) if is_code else self.nested(w, w.text, src))
@@ -1314,26 +1302,8 @@ def _primary(cmds: list[SimpleCommand], origin: tuple) -> Optional[SimpleCommand
     return next((c for c in cmds if c.origin == origin), None)
 
 
-def _join(words: list[Word]) -> Word:
-    span = None
-    spans = [w.span for w in words if w.span]
-    if spans:
-        span = (min(s[0] for s in spans), max(s[1] for s in spans))
-    inner = tuple(c for w in words for c in w.inner)
-    return Word(" ".join(w.text for w in words), span, all(w.literal for w in words),
-                any(w.dynamic for w in words), inner)
 
 
-def _skip_options(args: list[Word], with_value: frozenset) -> list[Word]:
-    i = 0
-    while i < len(args):
-        t = args[i].text
-        if t == "--":
-            return args[i + 1:]
-        if not t.startswith("-") or t == "-":
-            break
-        i += 2 if t in with_value else 1
-    return args[i:]
 
 
 def _option_value(args: list[Word], names: tuple[str, ...]) -> Optional[Word]:
@@ -1620,198 +1590,6 @@ def _find_exec(args: list[Word], wrappers: list[str], globs: list[int]) -> list[
     return out
 
 
-# --- option arguments that run commands (the GTFOBins family) ------------------------------------
-
-def _sub(w: Word, text: str) -> Word:
-    return Word(text, w.span, w.literal, w.dynamic, w.inner)
-
-
-def _opt_values(args: list[Word], names: tuple[str, ...], attached: tuple[str, ...] = ()) -> list[Word]:
-    """Values of ``--opt=V``, ``--opt V``, ``-o V`` and, for ``attached`` short options, ``-oV``."""
-    out: list[Word] = []
-    for i, a in enumerate(args):
-        t = a.text
-        for n in names:
-            if t == n and i + 1 < len(args):
-                out.append(args[i + 1])
-            elif n.startswith("--") and t.startswith(n + "="):
-                out.append(_sub(a, t[len(n) + 1:]))
-        for n in attached:
-            if t.startswith(n) and len(t) > len(n) and not t.startswith("--"):
-                out.append(_sub(a, t[len(n):]))
-    return out
-
-
-def _tar_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    out = [(w, False) for w in _opt_values(args, ("--to-command", "--use-compress-program", "-I", "--info-script",
-                                                  "--new-volume-script", "-F", "--rsh-command"), ("-I",))]
-    for w in _opt_values(args, ("--checkpoint-action",)):
-        m = re.match(r"^(exec|shell)[=:](.*)$", w.text, re.S)
-        if m:
-            out.append((_sub(w, m.group(2)), False))
-    return out
-
-
-_GIT_EXEC_KEY = re.compile(r"^(core\.(pager|editor|sshcommand|fsmonitor|askpass|gitproxy)|sequence\.editor"
-                           r"|diff\.external|gpg(\.\w+)?\.program|credential(\..*)?\.helper|uploadpack\.packobjectshook"
-                           r"|remote\..*\.(uploadpack|receivepack)|pager\..*|alias\..*|filter\..*\.(clean|smudge|process)"
-                           r"|diff\..*\.(textconv|command)|merge\..*\.driver|(merge|diff)tool\..*\.cmd|browser\..*\.cmd"
-                           r"|web\.browser|sendemail\.(sendmailcmd|smtpserver))$", re.IGNORECASE)
-
-
-def _git_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    out: list[tuple[Word, bool]] = []
-    sub = _skip_options(args, frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace"}))
-    if sub and sub[0].text == "config":         # git config core.pager 'cmd': runs at the next git log
-        ops = [a for a in sub[1:] if not a.text.startswith("-")]
-        if len(ops) >= 2 and _GIT_EXEC_KEY.match(ops[0].text):
-            value = ops[1].text
-            if not (ops[0].text.lower().startswith(("alias.", "credential")) and not value.startswith("!")):
-                out.append((_sub(ops[1], value[1:] if value.startswith("!") else value), False))
-    for w in _opt_values(args, ("-c",)):
-        key, _, value = w.text.partition("=")
-        if _GIT_EXEC_KEY.match(key) and value.strip():
-            if key.lower().startswith(("alias.", "credential")) and not value.startswith("!"):
-                continue          # a plain alias is git arguments, a plain helper a git-credential-* name
-            out.append((_sub(w, value[1:] if value.startswith("!") else value), False))
-    out.extend((w, False) for w in _opt_values(args, ("--upload-pack", "--receive-pack", "-u", "--exec"))
-               if args and args[0].text in ("clone", "fetch", "pull", "ls-remote", "push", "archive"))
-    return out
-
-
-_SSH_EXEC_OPT = re.compile(r"^(ProxyCommand|LocalCommand|KnownHostsCommand)\s*[= ]\s*(.+)$", re.IGNORECASE | re.S)
-
-
-def _ssh_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    out: list[tuple[Word, bool]] = []
-    for w in _opt_values(args, ("-o",), ("-o",)):
-        m = _SSH_EXEC_OPT.match(w.text.strip())
-        if m and m.group(2).strip().lower() != "none":
-            out.append((_sub(w, m.group(2)), False))
-    out.extend((w, False) for w in _opt_values(args, ("-S",)))     # scp/sftp -S program
-    return out
-
-
-def _rsync_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    return [(w, False) for w in _opt_values(args, ("-e", "--rsh"), ("-e",))]
-
-
-def _zip_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    return [(w, False) for w in _opt_values(args, ("-TT", "--unzip-command"))]
-
-
-def _vim_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``vim -c ':!cmd'``, ``+'!cmd'``, ``--cmd``: ex commands; ``!`` runs a shell, ``system()`` too."""
-    cmds = _opt_values(args, ("-c", "--cmd")) + [_sub(a, a.text[1:]) for a in args
-                                                  if a.text.startswith("+") and not a.text[1:].isdigit()]
-    out: list[tuple[Word, bool]] = []
-    for w in cmds:
-        t = re.sub(r"^[\s:]*(silent!?\s+|exe(c(ute)?)?\s+['\"])?", "", w.text)
-        if t.startswith("!"):
-            out.append((_sub(w, t[1:].rstrip("'\"")), False))
-        elif re.match(r"^(sh(ell)?|te(rminal)?)\s+\S", t):
-            out.append((_sub(w, t.split(None, 1)[1]), False))
-        elif re.search(r"system\(|py(thon)?3?\s|lua\s|perl\s|ruby\s", t):
-            out.append((_sub(w, t), True))
-    return out
-
-
-def _pager_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``less '+!cmd'``: a less command given on the command line; ``!`` runs a shell."""
-    return [(_sub(a, a.text[2:]), False) for a in args if a.text.startswith("+!")]
-
-
-def _man_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    return [(w, False) for w in _opt_values(args, ("-P", "--pager", "-H", "--html"), ("-P",))]
-
-
-_SED_E_CMD = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?(?:\s*,\s*(?:\d+|\$|/[^/]*/))?\s*!?\s*e\s+(.+)$", re.S)
-_SED_S_E = re.compile(r"^\s*(?:\d+|\$|/[^/]*/)?\s*s(.)(?:\\.|(?!\1).)*\1((?:\\.|(?!\1).)*)\1[gpiImM0-9]*e[gpiImM0-9]*\s*$")
-
-
-def _sed_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """GNU sed's ``e command`` and ``s/x/cmd/e`` run a shell."""
-    scripts = _opt_values(args, ("-e", "--expression"), ("-e",))
-    if not scripts and not any(a.text in ("-f", "--file") or a.text.startswith("--file=") for a in args):
-        first = next((a for a in args if not a.text.startswith("-")), None)
-        scripts = [first] if first is not None else []
-    out: list[tuple[Word, bool]] = []
-    for w in scripts:
-        for part in re.split(r"[;\n]", w.text):
-            m = _SED_E_CMD.match(part)
-            if m:
-                out.append((_sub(w, m.group(1)), False))
-                continue
-            m = _SED_S_E.match(part)
-            if m and m.group(2).strip():
-                out.append((_sub(w, m.group(2).replace("\\/", "/")), False))
-    return out
-
-
-def _gdb_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    out: list[tuple[Word, bool]] = []
-    for w in _opt_values(args, ("-ex", "--ex", "-eval-command", "--eval-command", "-iex")):
-        t = w.text.strip()
-        if t.startswith("!") or t.startswith("shell "):
-            out.append((_sub(w, t[1:] if t.startswith("!") else t[6:]), False))
-        elif t.startswith(("python", "py ")):
-            out.append((_sub(w, t), True))
-    return out
-
-
-def _apt_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``apt-get -o APT::Update::Pre-Invoke::=CMD``: hooks apt runs as shell commands."""
-    out: list[tuple[Word, bool]] = []
-    for w in _opt_values(args, ("-o", "--option"), ("-o",)):
-        key, _, value = w.text.partition("=")
-        if re.search(r"(Pre|Post)-Invoke|Pre-Install-Pkgs|Post-Invoke-Success", key) and value.strip():
-            out.append((_sub(w, value), False))
-    return out
-
-
-_OPTION_EXEC = {
-    "tar": _tar_exec, "bsdtar": _tar_exec, "gtar": _tar_exec,
-    "git": _git_exec,
-    "ssh": _ssh_exec, "scp": _ssh_exec, "sftp": _ssh_exec,
-    "rsync": _rsync_exec,
-    "zip": _zip_exec,
-    **{n: _vim_exec for n in ("vi", "vim", "nvim", "view", "vimdiff", "ex", "rvim", "gvim", "evim")},
-    "less": _pager_exec, "more": _pager_exec,
-    "man": _man_exec,
-    "sed": _sed_exec, "gsed": _sed_exec,
-    "gdb": _gdb_exec,
-    "apt-get": _apt_exec, "apt": _apt_exec,
-}
-
-
-# --- files that tools read commands from -----------------------------------------------------------
-
-def _lines(w: Word) -> list[Word]:
-    return [_sub(w, line.strip()) for line in w.text.splitlines() if line.strip()]
-
-
-def _make_recipes(w: Word) -> list[tuple[Word, bool]]:
-    """Recipe lines of a makefile (tab-indented), without their ``@ - +`` prefixes."""
-    return [(_sub(w, line.lstrip("\t").lstrip("@-+ ")), False) for line in w.text.splitlines()
-            if line.startswith("\t") and line.strip()]
-
-
-def _ssh_config(w: Word) -> list[tuple[Word, bool]]:
-    return [item for line in _lines(w) for item in _ssh_exec([Word("-o", w.span), line])]
-
-
-_FILE_FED: dict[str, tuple[tuple[str, ...], Optional[object]]] = {
-    "make": (("-f", "--file", "--makefile"), _make_recipes),
-    "gmake": (("-f", "--file", "--makefile"), _make_recipes),
-    "awk": (("-f", "--file"), None), "gawk": (("-f", "--file"), None), "mawk": (("-f",), None),
-    "sed": (("-f", "--file"), lambda w: _sed_exec([Word("-e", w.span), w])),
-    "ssh": (("-F",), _ssh_config), "scp": (("-F",), _ssh_config), "sftp": (("-F",), _ssh_config),
-    **{n: (("-S", "-u"), lambda w: [i for line in _lines(w) for i in _vim_exec([Word("-c", w.span), line])])
-       for n in ("vi", "vim", "nvim", "ex", "view")},
-    "gdb": (("-x", "--command"), lambda w: [i for line in _lines(w) for i in _gdb_exec([Word("-ex", w.span), line])]),
-}
-
-
 _RC_FILE_RE = re.compile(r"(^|/)\.(bashrc|bash_profile|bash_login|bash_logout|profile|zshrc|zprofile|zshenv|zlogin"
                          r"|kshrc|mkshrc)$|^/etc/(profile|bash\.bashrc|zsh/zshrc|profile\.d/.*|rc\.local|init\.d/.*"
                          r"|cron\.(hourly|daily|weekly|monthly)/.*)$")
@@ -1833,76 +1611,3 @@ def _cron_commands(text: str, user_field: bool = False) -> list[str]:
         if len(parts) == fields + 1:
             out.append(parts[-1])
     return out
-
-
-def _npx_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``npx -c 'cmd'``, ``npm exec -c 'cmd'``: a shell command."""
-    return [(w, False) for w in _opt_values(args, ("-c", "--call"))]
-
-
-def _tmux_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``tmux new -d 'cmd'``, ``tmux run-shell 'cmd'``: the shell command of a new pane or job."""
-    subs = {"new-session", "new", "new-window", "neww", "split-window", "splitw", "run-shell", "run",
-            "respawn-pane", "respawnp", "respawn-window", "respawnw", "display-popup", "popup"}
-    i = next((k for k, a in enumerate(args) if a.text in subs), None)
-    if i is None:
-        return []
-    rest, skip = [], False
-    for a in args[i + 1:]:
-        if skip:
-            skip = False
-        elif a.text.startswith("-") and len(a.text) > 1:
-            skip = a.text[-1] in "sncteFxyl" and len(a.text) == 2
-        else:
-            rest.append(a)
-    return [(_join(rest), False)] if rest else []
-
-
-def _screen_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``screen -dmS name CMD ARGS``: the program screen starts."""
-    i, n = 0, len(args)
-    while i < n and args[i].text.startswith("-"):
-        t = args[i].text
-        i += 2 if t[-1] in "SctTLphXe" and not t.startswith("--") and t not in ("-L",) else 1
-    return [(_join(args[i:]), False)] if i < n else []
-
-
-def _db_shell_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``psql -c '\\! cmd'``, ``mysql -e 'system cmd'``, ``sqlite3 db '.shell cmd'``: shell escapes."""
-    out: list[tuple[Word, bool]] = []
-    for w in _opt_values(args, ("-c", "--command", "-e", "--execute"), ("-e",)) + [a for a in args if a.text.startswith(".")]:
-        for part in re.split(r"[;\n]", w.text):
-            m = re.match(r"^\s*(?:\\!|system\s|\.shell\s|\.system\s)\s*(.+)$", part)
-            if m:
-                out.append((_sub(w, m.group(1)), False))
-    return out
-
-
-def _daemon_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``start-stop-daemon --start --exec PROG -- ARGS``: the program it starts."""
-    progs = _opt_values(args, ("--startas", "-a", "--exec", "-x"))
-    if not progs:
-        return []
-    rest = args[next((i for i, a in enumerate(args) if a.text == "--"), len(args) - 1) + 1:]
-    return [(_join([progs[0], *rest]), False)]
-
-
-def _awk_exec(args: list[Word]) -> list[tuple[Word, bool]]:
-    """``awk -v c='reboot' 'BEGIN{system(c)}'``: a -v variable the program hands to a shell."""
-    code = _interpreter_code("awk", args)
-    out: list[tuple[Word, bool]] = []
-    for w in _opt_values(args, ("-v", "--assign"), ("-v",)):
-        name, _, value = w.text.partition("=")
-        if code is not None and name and re.search(r"(system\(\s*|\|\s*|\|&\s*)" + re.escape(name) + r"\b"
-                                                   r"|\b" + re.escape(name) + r"\s*\|\s*getline", code.text):
-            out.append((_sub(w, value), False))
-    return out
-
-
-_OPTION_EXEC.update({"psql": _db_shell_exec, "mysql": _db_shell_exec, "mariadb": _db_shell_exec,
-                     "sqlite3": _db_shell_exec, "start-stop-daemon": _daemon_exec,
-                     "nano": lambda a: [(w, False) for w in _opt_values(a, ("-s", "--speller"))],
-                     "rpm": lambda a: [(w, True) for w in _opt_values(a, ("--eval", "-E"))],
-                     "dpkg": lambda a: [(w, False) for w in _opt_values(a, ("--pre-invoke", "--post-invoke"))]})
-_OPTION_EXEC.update({"npx": _npx_exec, "npm": lambda a: _npx_exec(a) if a and a[0].text in ("exec", "x") else [],
-                     "tmux": _tmux_exec, "screen": _screen_exec})

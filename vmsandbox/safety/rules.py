@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from .models import Finding, RiskLevel
+from .words import option_values
 from .parser import (SHELLS, STDIN_SCRIPT_RUNNERS, Loop, Redirect, Script, SimpleCommand, Word, find_name_filter,
                      find_roots, is_interpreter, reads_code_from_stdin)
 
@@ -411,7 +412,7 @@ def _cp_like(cmd: SimpleCommand) -> Iterable[Finding]:
     for w in ops[:-1]:
         yield from _read_target(cmd, w)
     if cmd.name == "install":
-        for m in _opt_values(cmd, ("-m", "--mode")):
+        for m in option_values(cmd.args, ("-m", "--mode"), ("-m",)):
             if _sets_setid(m.text):
                 yield _f("cred.setuid", m, f"'install -m {m.text}' installs a setuid/setgid program.")
 
@@ -434,21 +435,6 @@ def _sed(cmd: SimpleCommand) -> Iterable[Finding]:
     has_script_opt = any(a.text in ("-e", "-f", "--expression", "--file") for a in cmd.args)
     for w in ops if has_script_opt else ops[1:]:
         yield from _write_target(cmd, w)
-
-
-def _opt_values(cmd: SimpleCommand, names: tuple[str, ...]) -> list[Word]:
-    """Values of ``-m V``, ``-mV``, ``--mode=V``, ``--mode V``."""
-    out: list[Word] = []
-    for i, a in enumerate(cmd.args):
-        t = a.text
-        for n in names:
-            if t == n and i + 1 < len(cmd.args):
-                out.append(cmd.args[i + 1])
-            elif n.startswith("--") and t.startswith(n + "="):
-                out.append(Word(t[len(n) + 1:], a.span))
-            elif not n.startswith("--") and t.startswith(n) and len(t) > len(n) and not t.startswith("--"):
-                out.append(Word(t[len(n):], a.span))
-    return out
 
 
 def _write_target(cmd: SimpleCommand, w: Word) -> Iterable[Finding]:
@@ -714,7 +700,7 @@ def _accounts(cmd: SimpleCommand) -> Iterable[Finding]:
 
 
 def _setfattr(cmd: SimpleCommand) -> Iterable[Finding]:
-    if any(v.text.startswith("security.capability") for v in _opt_values(cmd, ("-n", "--name"))):
+    if any(v.text.startswith("security.capability") for v in option_values(cmd.args, ("-n", "--name"), ("-n",))):
         yield _f("cred.setuid", cmd.name_word, "'setfattr -n security.capability' grants file capabilities.")
 
 
