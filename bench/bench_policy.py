@@ -1,7 +1,8 @@
-"""Benchmark of the command policy: time per ``validate_command`` over both test corpora.
+"""Benchmark of the command policy: time per ``validate_command`` over the test corpora.
 
-Run: ``.venv/bin/python bench/bench_policy.py [--rounds N]``. Prints median and p99 per command
-(targets: median < 1 ms, p99 < 5 ms) and exits 1 when a target is missed.
+Run: ``.venv/bin/python bench/bench_policy.py [--rounds N]``. Prints the corpus sizes, detection
+at level (dangerous and held-out), false positives above MEDIUM (ordinary), and median and p99
+per command (targets: median <= 1 ms, p99 <= 5 ms); exits 1 when a target is missed.
 """
 from __future__ import annotations
 
@@ -16,9 +17,26 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vmsandbox.safety import SafetyValidator  # noqa: E402
+from vmsandbox.safety import RiskLevel, SafetyValidator  # noqa: E402
 
-CORPORA = [ROOT / "tests/data/policy_dangerous.yaml", ROOT / "tests/data/policy_ordinary.yaml"]
+DATA = ROOT / "tests/data"
+CORPORA = [DATA / "policy_dangerous.yaml", DATA / "policy_heldout.yaml", DATA / "policy_ordinary.yaml"]
+
+
+def rates(validator: SafetyValidator) -> bool:
+    """Print detection / false-positive rates per corpus; True when all are at target."""
+    ok = True
+    for path in CORPORA:
+        corpus = yaml.safe_load(path.read_text())
+        if "ordinary" in path.name:
+            bad = sum(validator.validate_command(e["cmd"]).risk_level > RiskLevel.MEDIUM for e in corpus)
+            print(f"{path.name}: {len(corpus)} commands, false positives above MEDIUM: {bad} ({bad / len(corpus):.1%})")
+        else:
+            hit = sum(validator.validate_command(e["cmd"]).risk_level >= RiskLevel(e["level"]) for e in corpus)
+            bad = len(corpus) - hit
+            print(f"{path.name}: {len(corpus)} commands, detected at level: {hit} ({hit / len(corpus):.1%})")
+        ok = ok and bad == 0
+    return ok
 
 
 def main() -> int:
@@ -27,6 +45,7 @@ def main() -> int:
     args = ap.parse_args()
     commands = [e["cmd"] for path in CORPORA for e in yaml.safe_load(path.read_text())]
     validator = SafetyValidator()
+    corpora_ok = rates(validator)
     for cmd in commands:                      # warm-up: grammar load, regex compilation
         validator.validate_command(cmd)
     samples: list[float] = []
@@ -41,9 +60,9 @@ def main() -> int:
     worst = samples[-1] * 1000
     print(f"commands: {len(commands)}  samples: {len(samples)}")
     print(f"median: {median:.3f} ms  p99: {p99:.3f} ms  max: {worst:.3f} ms")
-    ok = median < 1.0 and p99 < 5.0
-    print("targets (median < 1 ms, p99 < 5 ms):", "met" if ok else "MISSED")
-    return 0 if ok else 1
+    ok = median <= 1.0 and p99 <= 5.0
+    print("targets (median <= 1 ms, p99 <= 5 ms):", "met" if ok else "MISSED")
+    return 0 if ok and corpora_ok else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, BeforeValidator, ValidationError, model_validator
 
 from .exceptions import ConfigError, SandboxError
+from .userregex import compile_user_regex
 from .schema import (AbsolutePath, Cpu, Flag, FrozenMap, Level, OptionalAbsolutePath, ProviderSettings, Seconds, Size,
                      WholeSeconds, choice, config_error, cpu_count, fail, fail_at, items, message_of, number,
                      section, show, size_bytes, text, validate)
@@ -192,9 +193,9 @@ class PatternEntry:
             fail_at("pattern", f"{show(self.pattern)} must be a non-empty string")
         if self.regex:
             try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                fail_at("pattern", f"{show(self.pattern)} is not a valid regular expression: {exc}")
+                compile_user_regex(self.pattern)
+            except ValueError as exc:
+                fail_at("pattern", str(exc))
         return self
 
     def to_plain(self) -> Any:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import click
 from click.testing import CliRunner
 
@@ -53,3 +55,15 @@ def test_config_file_is_used_and_errors_are_one_line(tmp_path) -> None:
     r = run("ls", "--config", str(bad))
     assert r.exit_code == 3
     assert "safety.validation.patterns[0].level" in r.output
+
+
+@pytest.mark.timeout(20)
+def test_validate_never_hangs_on_a_backtracking_pattern(tmp_path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("safety:\n  validation:\n    patterns: [{pattern: '(a+)+$', regex: true}]\n")
+    assert run("echo " + "a" * 40 + "!", "--config", str(cfg)).exit_code == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("safety:\n  validation:\n    patterns: [{pattern: '(?<=x)y', regex: true}]\n")
+    r = run("ls", "--config", str(bad))
+    assert r.exit_code == 3 and "safety.validation.patterns[0].pattern" in r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -2,19 +2,24 @@
 
 Input is a parsed ``Script`` (see ``parser.py``); output is a list of ``Finding``. Each check
 looks at normalised ``SimpleCommand`` records (wrappers stripped, quotes removed), the
-redirects, the function definitions, or the inline program of an interpreter. ``RULES`` is the
+redirects, the function definitions, the loops, the variable assignments, or the inline program
+of an interpreter. Operands are resolved against the working directory and symlinks the parser
+tracked, and globs against the sensitive paths they can match (``paths``). Pure: no I/O. ``RULES`` is the
 catalogue that ``docs/policy.md`` documents and that ``safety.validation.allow`` may name.
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
 import posixpath
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from .models import Finding, RiskLevel
-from .parser import (SHELLS, STDIN_SCRIPT_RUNNERS, Redirect, Script, SimpleCommand, Word, find_roots,
-                     is_interpreter, reads_code_from_stdin)
+from .words import option_values
+from .parser import (SHELLS, STDIN_SCRIPT_RUNNERS, Loop, Redirect, Script, SimpleCommand, Word, find_name_filter,
+                     find_roots, is_interpreter, reads_code_from_stdin)
 
 L, M, H, C = RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH, RiskLevel.CRITICAL
 
@@ -32,6 +37,8 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     Rule("evasion.dynamic-command", H, "the command name is a variable or substitution, unknown until it runs"),
     Rule("evasion.obfuscated-command", H, "the command name is hidden with ANSI-C escapes, $IFS, brace expansion or a variable"),
     Rule("evasion.nesting-too-deep", H, "scripts nested (sh -c inside eval inside ...) deeper than the parser follows"),
+    Rule("evasion.glob-command", H, "the command name is a glob (/bin/r?, /usr/bin/[r]m) that matches a known program"),
+    Rule("evasion.history", H, "tampering with shell history (history -c, unset HISTFILE, HISTSIZE=0, deleting ~/.bash_history)"),
     Rule("fs.delete-root", C, "recursive delete of / or everything under it"),
     Rule("fs.delete-system", C, "delete or move of a system tree (/etc, /usr, /bin, /boot, /var, ...)"),
     Rule("fs.delete-home", C, "recursive delete of a home directory (~, $HOME, /root, /home/USER)"),
@@ -45,6 +52,11 @@ RULES: dict[str, Rule] = {r.id: r for r in [
     Rule("perm.recursive-system", C, "recursive chmod/chown/chgrp on /, a system tree or home"),
     Rule("perm.system", H, "chmod/chown of / or a system tree itself"),
     Rule("proc.fork-bomb", C, "a function that calls itself in a pipeline or in the background (fork bomb)"),
+    Rule("proc.spawn-loop", C, "a loop that never ends (while true, for ((;;))) starting background processes"),
+    Rule("vcs.force-push", H, "git push that rewrites or deletes remote history (--force, +refspec, --mirror, --delete)"),
+    Rule("vcs.delete-repo", H, "recursive delete of a .git directory (the repository's history)"),
+    Rule("persist.crontab", H, "removing or replacing a crontab (crontab -r, crontab FILE)"),
+    Rule("sandbox.swap", H, "turning swap off or on (swapoff, swapon)"),
     Rule("remote.pipe-to-interpreter", C, "downloaded content piped or redirected into a shell or interpreter"),
     Rule("remote.substitution", C, "downloaded content run through $(...), <(...) or eval"),
     Rule("remote.download-exec", H, "a file downloaded and then executed in the same command"),
@@ -97,7 +109,7 @@ _SHADOW_FILES = frozenset({"/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/
 _SUDOERS_RE = re.compile(r"^/etc/sudoers(\.d(/|$)|$|\.tmp$)")
 _CRITICAL_FILE_RE = re.compile(r"^/(boot/|bin/|sbin/|usr/s?bin/|lib(64)?/|usr/lib(64)?/|etc/(profile|bash\.bashrc"
                                r"|environment|crontab|cron\.|init\.d/|inittab|rc|ld\.so\.preload|ld\.so\.conf"
-                               r"|pam\.d/|ssh/|systemd/|fstab|hosts\.allow|hosts\.deny|modules|modprobe\.d/))")
+                               r"|pam\.d/|ssh/|systemd/|fstab|hosts\.allow|hosts\.deny|modules|modprobe\.d/|anacrontab)|var/spool/cron/)")
 _SSH_PRIVATE_RE = re.compile(r"(^|/)\.ssh/id_[A-Za-z0-9_]+$|^/etc/ssh/ssh_host_[a-z0-9]+_key$|(^|/)\.ssh/identity$")
 _AUTHORIZED_KEYS_RE = re.compile(r"(^|/)\.ssh/authorized_keys2?$")
 _SYSRQ_RE = re.compile(r"^/proc/(sysrq-trigger|sys/kernel/sysrq)$")
@@ -134,12 +146,20 @@ def classify(text: str) -> Optional[str]:
         rest = t[1:].strip("/")
         return "home" if rest in ("", "*", ".*", "{*,.*}") or set(rest) <= set("*.?/") else None
     if not t.startswith("/"):
+        # ../.. from the work directory: its parents (home, then /); ../build is ordinary
+        up = [p for p in t.split("/") if p and p != "."]
+        while up and set(up[-1]) <= set("*?.") and up[-1] != "..":
+            up.pop()
+        if up and all(p == ".." for p in up):
+            return "root" if len(up) >= 2 else "home"
         return None
     parts = [p for p in t.split("/") if p]
     if not parts:
         return "root"
-    if set(parts[0]) & _GLOB_CHARS and not parts[0].startswith(("tmp", "w", "src", "build")):
-        return "root"          # /*, /?*, /[a-z]* match every top-level directory
+    if set(parts[0]) & _GLOB_CHARS:
+        # /*, /?*, /[a-z]* match every top-level directory; /[u]sr, /e?c are resolved by glob_paths
+        hits = sum(fnmatch.fnmatchcase(n, parts[0]) for n in _TOP_LEVEL)
+        return "root" if hits >= 3 else None
     if parts[0] == "home" and len(parts) == 2 and not set(parts[1]) & _GLOB_CHARS:
         return "home"
     if parts[0] == "root" and (len(parts) == 1 or all(set(p) <= set("*.?") for p in parts[1:])):
@@ -151,6 +171,93 @@ def classify(text: str) -> Optional[str]:
         if prefix in SYSTEM_SUBTREES and (len(parts) == 2 or all(set(p) <= set("*.?") for p in parts[2:])):
             return "system"
     return None
+
+
+_TOP_LEVEL = SYSTEM_TREES | {"tmp", "mnt", "media", "lost+found", "workspace"}
+_HISTORY_RE = re.compile(r"(^|/)\.(((bash|zsh|sh|ash|ksh|mksh|fish|python|mysql|psql|sqlite|node_repl)_)?history"
+                         r"|zhistory|lesshst)$|(^|/)fish/fish_history$")
+_HISTORY_NAMES = (".bash_history", ".zsh_history", ".sh_history", ".history", ".zhistory")
+_GIT_DIR_RE = re.compile(r"(^|/)\.git(/\*?)?$")
+# Concrete paths a glob is matched against (per path component), so /etc/sha* is /etc/shadow and
+# /[u]sr/lib is /usr/lib. Whatever follows a matched prefix is kept: /e?c/* -> /etc/*.
+_GLOB_TARGETS = tuple(sorted({"/" + t for t in SYSTEM_TREES} | SYSTEM_SUBTREES | _SHADOW_FILES | _CRED_FILES | {
+    "/etc/sudoers", "/etc/sudoers.d", "/etc/profile", "/etc/bash.bashrc", "/etc/environment", "/etc/crontab",
+    "/etc/ld.so.preload", "/etc/fstab", "/etc/ssh/ssh_host_rsa_key", "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_ecdsa_key", "/root/.ssh/id_rsa", "/root/.ssh/id_ed25519", "/root/.ssh/authorized_keys",
+    "~/.ssh/id_rsa", "~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/authorized_keys", "~/.bash_history",
+    "~/.zsh_history", "/root/.bash_history", "/dev/sda", "/dev/vda", "/dev/xvda", "/dev/nvme0n1", "/dev/mem",
+    "/proc/sysrq-trigger", "/boot/vmlinuz", "/boot/grub"}))
+
+
+_GLOB_TARGET_PARTS = tuple(t.split("/") for t in _GLOB_TARGETS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_paths(t: str) -> tuple[str, ...]:
+    parts = t.split("/")
+    out: list[str] = []
+    for tp in _GLOB_TARGET_PARTS:
+        if len(tp) <= len(parts) and tp[0] == parts[0] and all(
+                a == g or fnmatch.fnmatchcase(a, g) for a, g in zip(tp[1:], parts[1:])):
+            out.append("/".join(tp + parts[len(tp):]))
+    return tuple(out)
+
+
+def glob_paths(text: str) -> list[str]:
+    """The sensitive paths a glob can expand to (``/etc/sha*`` -> ``/etc/shadow``), with its tail."""
+    return list(_glob_paths(resolve_path(text)))
+
+
+def _is_git_dir(path: str) -> bool:
+    """``.git``, ``x/.git/``, ``.git/*``, and dot-globs that match it (``.*``, ``.g?t``)."""
+    norm = posixpath.normpath(path)
+    if _GIT_DIR_RE.search(norm):
+        return True
+    last = norm.rsplit("/", 1)[-1]
+    return last.startswith(".") and bool(_GLOB_CHARS & set(last)) and fnmatch.fnmatchcase(".git", last)
+
+
+def _deref(text: str, links: tuple, follow: bool = False) -> str:
+    """Follow a symlink made earlier in the line: ``ln -s / /tmp/r; rm -rf /tmp/r/`` deletes /.
+    ``follow``: the operand itself is followed too (reads, writes, chmod), not only ``link/``."""
+    norm = posixpath.normpath(text)
+    for link, target in reversed(links):
+        if norm == link and (follow or text.endswith(("/", "/."))) or norm.startswith(link + "/"):
+            return target.rstrip("/") + "/" + norm[len(link):].lstrip("/")
+    return text
+
+
+def paths(cmd: SimpleCommand, w: Word, follow: bool = False) -> list[str]:
+    """Where an operand points: against the tracked cwd, through earlier symlinks, and every
+    sensitive path a glob in it can match. The first entry is the operand itself."""
+    t = w.text
+    if cmd.cwd and t and not t.startswith(("/", "~", "$")):
+        t = posixpath.join(cmd.cwd, t)
+    if cmd.links:
+        t = _deref(t, cmd.links, follow)
+    out = [t]
+    if _GLOB_CHARS & set(t):
+        out.extend(p for p in glob_paths(t) if p != t)
+    return out
+
+
+_CLASS_RANK = {"root": 4, "system": 3, "home": 2, "device": 1}
+
+
+def _worst(cmd: SimpleCommand, w: Word, follow: bool = False) -> tuple[Optional[str], str]:
+    """The most severe path class among ``paths(cmd, w)``, and the path that has it."""
+    best: tuple[Optional[str], str] = (None, w.text)
+    for p in paths(cmd, w, follow):
+        cls = classify(p)
+        if cls is not None and (best[0] is None or _CLASS_RANK[cls] > _CLASS_RANK[best[0]]):
+            best = (cls, p)
+    if best[0] is None:
+        best = (None, paths(cmd, w, follow)[0])
+    return best
+
+
+def _shown(w: Word, path: str) -> str:
+    return w.text if path == w.text else f"{w.text}, i.e. {path}"
 
 
 def _variable_root(text: str) -> bool:
@@ -214,20 +321,24 @@ _DELETE_WHAT = {"root": "the root filesystem", "system": "a system tree", "home"
 
 def _rm(cmd: SimpleCommand) -> Iterable[Finding]:
     flags = _flags(cmd)
-    recursive = bool(flags & {"r", "R", "--recursive"})
     for w in _operands(cmd):
-        cls = classify(w.text)
+        recursive = bool(flags & {"r", "R", "--recursive"}) or w.each
+        cls, path = _worst(cmd, w)
         if cls in _DELETE_RULES and (recursive or cls == "root"):
-            yield _f(_DELETE_RULES[cls], w, f"'{cmd.name}' recursively deletes {_DELETE_WHAT[cls]} ({w.text}).")
+            yield _f(_DELETE_RULES[cls], w, f"'{cmd.name}' recursively deletes {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
         elif cls == "device":
-            yield _f("disk.write-device", w, f"'{cmd.name}' removes the device node {w.text}.", H)
+            yield _f("disk.write-device", w, f"'{cmd.name}' removes the device node {path}.", H)
+        elif recursive and _is_git_dir(path):
+            yield _f("vcs.delete-repo", w, f"Recursive delete of {_shown(w, path)}, a repository's history.")
+        elif any(_HISTORY_RE.search(p) for p in paths(cmd, w)):
+            yield _f("evasion.history", w, f"'{cmd.name}' deletes a shell history file ({_shown(w, path)}).")
         elif recursive and _variable_root(w.text):
             yield _f("fs.delete-variable-root", w,
                      f"Recursive delete of {w.text} removes everything under / if the variable is empty.")
         elif recursive and not w.literal and w.text.startswith(("$(", "`")):
             yield _f("fs.delete-variable-root", w, f"Recursive delete of a path computed at run time ({w.text}).")
-        elif w.text.startswith("/") and _in_system(w.text):
-            yield _f("fs.delete-system-file", w, f"'{cmd.name}' deletes {w.text} inside a system tree.")
+        elif any(p.startswith("/") and _in_system(p) for p in paths(cmd, w)):
+            yield _f("fs.delete-system-file", w, f"'{cmd.name}' deletes {_shown(w, path)} inside a system tree.")
         elif recursive:
             yield _f("fs.recursive-delete", w, f"Recursive delete of {w.text} (work tree).")
 
@@ -241,22 +352,31 @@ def _in_system(text: str) -> bool:
 
 def _shred(cmd: SimpleCommand) -> Iterable[Finding]:
     for w in _operands(cmd, frozenset({"-n", "-s", "--iterations", "--size"})):
-        cls = classify(w.text)
+        cls, path = _worst(cmd, w)
         if cls == "device":
-            yield _f("disk.write-device", w, f"'{cmd.name}' overwrites the block device {w.text}.")
+            yield _f("disk.write-device", w, f"'{cmd.name}' overwrites the block device {path}.")
         elif cls in _DELETE_RULES:
-            yield _f(_DELETE_RULES[cls], w, f"'{cmd.name}' destroys {_DELETE_WHAT[cls]} ({w.text}).")
-        elif _in_system(w.text):
-            yield _f("fs.delete-system-file", w, f"'{cmd.name}' destroys {w.text} inside a system tree.")
+            yield _f(_DELETE_RULES[cls], w, f"'{cmd.name}' destroys {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
+        elif any(_in_system(p) for p in paths(cmd, w)):
+            yield _f("fs.delete-system-file", w, f"'{cmd.name}' destroys {_shown(w, path)} inside a system tree.")
+        elif _HISTORY_RE.search(path):
+            yield _f("evasion.history", w, f"'{cmd.name}' destroys the shell history file {path}.")
 
 
 def _find(cmd: SimpleCommand) -> Iterable[Finding]:
+    for i, a in enumerate(cmd.args[:-1]):        # -fprint FILE writes FILE
+        if a.text in ("-fprint", "-fprint0", "-fprintf", "-fls"):
+            yield from _write_target(cmd, cmd.args[i + 1])
     if not any(a.text in ("-delete",) for a in cmd.args):
         return
-    for w in find_roots(cmd.args):
-        cls = classify(w.text)
+    name = find_name_filter(cmd.args)
+    for w in find_roots(cmd.args) or [Word(".", cmd.span)]:
+        target = w if name is None else Word(posixpath.join(w.text, name), w.span, w.literal, w.dynamic, (), True)
+        cls, path = _worst(cmd, target)
         if cls in _DELETE_RULES:
-            yield _f(_DELETE_RULES[cls], w, f"'find {w.text} -delete' deletes {_DELETE_WHAT[cls]}.")
+            yield _f(_DELETE_RULES[cls], w, f"'find {w.text} -delete' deletes {_DELETE_WHAT[cls]} ({path}).")
+        elif name is not None and any(fnmatch.fnmatchcase(h, name) for h in _HISTORY_NAMES):
+            yield _f("evasion.history", w, f"'find {w.text} -name {name} -delete' deletes shell history files.")
 
 
 def _rsync(cmd: SimpleCommand) -> Iterable[Finding]:
@@ -265,17 +385,21 @@ def _rsync(cmd: SimpleCommand) -> Iterable[Finding]:
     ops = _operands(cmd, frozenset({"-e", "--rsh", "--exclude", "--include", "--filter", "-f"}))
     if len(ops) >= 2:
         dest = ops[-1]
-        cls = classify(dest.text)
+        cls, path = _worst(cmd, dest)
         if cls in _DELETE_RULES:
-            yield _f(_DELETE_RULES[cls], dest, f"'rsync --delete' into {dest.text} wipes {_DELETE_WHAT[cls]}.")
+            yield _f(_DELETE_RULES[cls], dest, f"'rsync --delete' into {_shown(dest, path)} wipes {_DELETE_WHAT[cls]}.")
 
 
 def _mv(cmd: SimpleCommand) -> Iterable[Finding]:
     ops = _operands(cmd, frozenset({"-t", "--target-directory", "-S", "--suffix"}))
     for w in ops[:-1]:
-        cls = classify(w.text)
+        cls, path = _worst(cmd, w)
         if cls in _DELETE_RULES:
-            yield _f(_DELETE_RULES[cls], w, f"'mv' moves away {_DELETE_WHAT[cls]} ({w.text}).")
+            yield _f(_DELETE_RULES[cls], w, f"'mv' moves away {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
+        elif _is_git_dir(path):
+            yield _f("vcs.delete-repo", w, f"'mv' moves away {path}, a repository's history.")
+        elif _HISTORY_RE.search(path):
+            yield _f("evasion.history", w, f"'mv' moves away the shell history file {path}.")
     if len(ops) >= 2:
         yield from _write_target(cmd, ops[-1])
 
@@ -287,6 +411,10 @@ def _cp_like(cmd: SimpleCommand) -> Iterable[Finding]:
         yield from _write_target(cmd, ops[-1])
     for w in ops[:-1]:
         yield from _read_target(cmd, w)
+    if cmd.name == "install":
+        for m in option_values(cmd.args, ("-m", "--mode"), ("-m",)):
+            if _sets_setid(m.text):
+                yield _f("cred.setuid", m, f"'install -m {m.text}' installs a setuid/setgid program.")
 
 
 def _tee(cmd: SimpleCommand) -> Iterable[Finding]:
@@ -310,8 +438,17 @@ def _sed(cmd: SimpleCommand) -> Iterable[Finding]:
 
 
 def _write_target(cmd: SimpleCommand, w: Word) -> Iterable[Finding]:
-    t = resolve_path(w.text)
-    if _DEVICE_RE.match(t):
+    for p in paths(cmd, w, follow=cmd.name != "ln"):
+        found = list(_write_one(cmd, w, resolve_path(p)))
+        if found:
+            yield from found
+            return
+
+
+def _write_one(cmd: SimpleCommand, w: Word, t: str) -> Iterable[Finding]:
+    if _HISTORY_RE.search(t):
+        yield _f("evasion.history", w, f"'{cmd.name}' overwrites the shell history file {t}.")
+    elif _DEVICE_RE.match(t):
         yield _f("disk.write-device", w, f"'{cmd.name}' writes to the block device {t}.")
     elif _SYSRQ_RE.match(t):
         yield _f("sandbox.sysrq", w, f"'{cmd.name}' writes to {t} (magic SysRq).")
@@ -328,7 +465,14 @@ def _write_target(cmd: SimpleCommand, w: Word) -> Iterable[Finding]:
 
 
 def _read_target(cmd: SimpleCommand, w: Word) -> Iterable[Finding]:
-    t = resolve_path(w.text)
+    for p in paths(cmd, w, follow=True):
+        found = list(_read_one(cmd, w, resolve_path(p)))
+        if found:
+            yield from found
+            return
+
+
+def _read_one(cmd: SimpleCommand, w: Word, t: str) -> Iterable[Finding]:
     if t in _SHADOW_FILES:
         yield _f("cred.shadow-read", w, f"'{cmd.name}' reads the password hashes in {t}.")
     elif _SSH_PRIVATE_RE.search(t):
@@ -368,12 +512,12 @@ def _format(cmd: SimpleCommand) -> Iterable[Finding]:
     yield _f("disk.format", cmd.name_word, f"'{cmd.name}' formats or wipes a device.")
 
 
-_SYMBOLIC_SETID = re.compile(r"^[ugoa]*\+[rwxXt]*s[rwxXt]*$")
+_SYMBOLIC_SETID = re.compile(r"^[ugoa]*[+=][rwxXt]*s[rwxXt]*$")
 
 
 def _sets_setid(mode: str) -> bool:
-    """``u+s``, ``g+s``, ``+s``, ``4755``, ``02755``: a mode that sets setuid or setgid."""
-    if _SYMBOLIC_SETID.match(mode):
+    """``u+s``, ``g+s``, ``+s``, ``u=rwxs``, ``a+x,u+s``, ``4755``, ``02755``: sets setuid or setgid."""
+    if any(_SYMBOLIC_SETID.match(clause) for clause in mode.split(",")):
         return True
     digits = mode[1:] if len(mode) == 5 and mode.startswith("0") else mode
     return len(digits) == 4 and digits.isdigit() and "8" not in digits and "9" not in digits \
@@ -392,11 +536,11 @@ def _chmod(cmd: SimpleCommand) -> Iterable[Finding]:
     elif cmd.name in ("chown", "chgrp"):
         ops = ops[1:]
     for w in ops:
-        cls = classify(w.text)
+        cls, path = _worst(cmd, w, follow="h" not in flags)      # chmod/chown follow a symlink operand
         if cls in ("root", "system", "home") and recursive:
-            yield _f("perm.recursive-system", w, f"Recursive '{cmd.name}' on {_DELETE_WHAT[cls]} ({w.text}).")
+            yield _f("perm.recursive-system", w, f"Recursive '{cmd.name}' on {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
         elif cls in ("root", "system"):
-            yield _f("perm.system", w, f"'{cmd.name}' changes {_DELETE_WHAT[cls]} ({w.text}).")
+            yield _f("perm.system", w, f"'{cmd.name}' changes {_DELETE_WHAT[cls]} ({_shown(w, path)}).")
         elif cls == "device":
             yield _f("perm.system", w, f"'{cmd.name}' opens up the device {w.text}.")
         elif _SUDOERS_RE.match(resolve_path(w.text)) or resolve_path(w.text) in _SHADOW_FILES:
@@ -512,7 +656,7 @@ def _sysctl(cmd: SimpleCommand) -> Iterable[Finding]:
                 yield _f("sandbox.sysrq", a, f"'sysctl {a.text}' enables magic SysRq.")
             else:
                 yield _f("sandbox.kernel-param", a, f"'sysctl {a.text}' changes a kernel parameter.")
-        elif a.text in ("-p", "--load", "--system"):
+        elif a.text in ("-p", "-f", "--load", "--system") or a.text.startswith(("--load=", "-p/")):
             yield _f("sandbox.kernel-param", a, "'sysctl' loads kernel parameters.")
 
 
@@ -553,6 +697,89 @@ def _accounts(cmd: SimpleCommand) -> Iterable[Finding]:
         yield _f("cred.privilege-edit", cmd.name_word, f"'{cmd.name}' changes account passwords.")
     elif cmd.name == "setcap":
         yield _f("cred.setuid", cmd.name_word, f"'setcap {joined}' grants file capabilities.")
+
+
+def _setfattr(cmd: SimpleCommand) -> Iterable[Finding]:
+    if any(v.text.startswith("security.capability") for v in option_values(cmd.args, ("-n", "--name"), ("-n",))):
+        yield _f("cred.setuid", cmd.name_word, "'setfattr -n security.capability' grants file capabilities.")
+
+
+def _crontab(cmd: SimpleCommand) -> Iterable[Finding]:
+    flags = {ch for a in cmd.args if a.text.startswith("-") and not a.text.startswith("--") for ch in a.text[1:]}
+    if "r" in flags:
+        yield _f("persist.crontab", cmd.name_word, f"'crontab {' '.join(cmd.argv)}' removes a crontab.")
+    elif not flags & {"l", "e", "V", "h"} and _operands(cmd, frozenset({"-u", "-s"})):
+        yield _f("persist.crontab", cmd.name_word, f"'crontab {' '.join(cmd.argv)}' replaces a crontab (runs commands later).")
+
+
+def _swap(cmd: SimpleCommand) -> Iterable[Finding]:
+    if cmd.name == "swapon" and (not cmd.args or any(a.text in ("-s", "--show", "--summary") or a.text.startswith("--show")
+                                                     for a in cmd.args)):
+        return
+    yield _f("sandbox.swap", cmd.name_word, f"'{cmd.name} {' '.join(cmd.argv)}' changes the sandbox's swap.")
+
+
+def _history(cmd: SimpleCommand) -> Iterable[Finding]:
+    if cmd.name == "history" and _flags(cmd) & {"c", "d"}:
+        yield _f("evasion.history", cmd.name_word, f"'history {' '.join(cmd.argv)}' erases shell history.")
+    elif cmd.name == "set" and any(a.text == "+o" and b.text == "history" for a, b in zip(cmd.args, cmd.args[1:])):
+        yield _f("evasion.history", cmd.name_word, "'set +o history' stops recording shell history.")
+
+
+_GIT_GLOBAL_WITH_VALUE = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env"})
+
+
+def _git(cmd: SimpleCommand) -> Iterable[Finding]:
+    args = cmd.args
+    i = 0
+    while i < len(args) and args[i].text.startswith("-"):
+        i += 2 if args[i].text in _GIT_GLOBAL_WITH_VALUE else 1
+    if i >= len(args) or args[i].text != "push":
+        return
+    skip = False
+    for a in args[i + 1:]:
+        t = a.text
+        if skip:
+            skip = False
+            continue
+        if t in ("-o", "--push-option", "--repo", "--receive-pack", "--exec"):
+            skip = True
+        elif t in ("--force", "--mirror", "--delete", "--prune") or t.startswith(("--force-with-lease", "--force-if-includes")) \
+                or t.startswith("-") and not t.startswith("--") and set(t[1:]) & {"f", "d"}:
+            yield _f("vcs.force-push", a, f"'git push {t}' rewrites or deletes history on the remote.")
+            return
+        elif not t.startswith("-") and (t.startswith("+") or t.startswith(":") and len(t) > 1):
+            yield _f("vcs.force-push", a, f"'git push ... {t}' force-updates or deletes a remote branch.")
+            return
+
+
+_HISTORY_VARS = frozenset({"HISTFILE", "HISTSIZE", "HISTFILESIZE", "SAVEHIST", "HISTIGNORE"})
+
+
+def check_assignments(script: Script) -> list[Finding]:
+    """``unset HISTFILE``, ``HISTSIZE=0``, ``HISTFILE=/dev/null``: shell history switched off."""
+    out: list[Finding] = []
+    for name, value in script.assignments:
+        v = value.text.strip()
+        if name == "HISTFILE" or name == "HISTIGNORE" and "*" in v or name in _HISTORY_VARS and v in ("", "0"):
+            out.append(_f("evasion.history", value, f"Setting {name}={v!r} hides commands from shell history."))
+    for name, span in script.unsets:
+        if name in _HISTORY_VARS:
+            out.append(Finding("evasion.history", H, span, f"'unset {name}' hides commands from shell history."))
+    return out
+
+
+def check_loop(loop: Loop) -> list[Finding]:
+    """``while true; do CMD & done``: processes pile up until the sandbox runs out of PIDs or memory."""
+    if not loop.unbounded or any(c.name in ("break", "exit", "return", "wait") or c.name == "kill" and any(
+            a.text.startswith("$") or a.text.startswith("%") for a in c.args) for c in loop.body):
+        return []                           # leaves the loop, or reaps / kills what it started (a restart loop)
+    spawned = loop.spawned
+    if not spawned:
+        return []
+    return [Finding("proc.spawn-loop", C, loop.span,
+                    f"A loop that never ends starts '{spawned[0].name or spawned[0].name_word.text}' in the background "
+                    "on every pass: a process bomb.")]
 
 
 _NC_NAMES = frozenset({"nc", "ncat", "netcat", "nc.traditional", "nc.openbsd", "pwncat"})
@@ -733,10 +960,12 @@ _CHECKS: dict[str, Callable[[SimpleCommand], Iterable[Finding]]] = {
     "umount": _mount, "mount": _mount,
     "visudo": _accounts, "sudoedit": _accounts, "useradd": _accounts, "usermod": _accounts, "adduser": _accounts,
     "gpasswd": _accounts, "passwd": _accounts, "chpasswd": _accounts, "chage": _accounts, "pwconv": _accounts,
-    "vipw": _accounts, "vigr": _accounts, "setcap": _accounts,
+    "vipw": _accounts, "vigr": _accounts, "setcap": _accounts, "setfattr": _setfattr,
+    "crontab": _crontab, "swapoff": _swap, "swapon": _swap, "history": _history, "set": _history, "git": _git,
     "socat": _socat, **{n: _netcat for n in _NC_NAMES},
 }
-_READERS_SKIP = frozenset({"echo", "printf", "ls", "stat", "test", "[", "which", "file", "dd", "find"})
+_READERS_SKIP = frozenset({"echo", "printf", "ls", "stat", "test", "[", "which", "file", "dd", "find", "du", "tree",
+                           "getfacl", "lsattr", "realpath", "readlink", "basename", "dirname", "namei", "touch"})
 
 
 def check_command(cmd: SimpleCommand) -> list[Finding]:
@@ -761,7 +990,8 @@ def check_command(cmd: SimpleCommand) -> list[Finding]:
         t = a.text
         if "/dev/tcp/" in t or "/dev/udp/" in t:
             out.append(_f("revshell.dev-tcp", a, f"{t} opens a network socket from the shell (reverse shell)."))
-        elif name not in _READERS_SKIP and "/" in t and check not in (_cp_like, _dd, _mv):
+        elif name not in _READERS_SKIP and check not in (_cp_like, _dd, _mv, _rm, _shred, _chmod) and (
+                "/" in t or cmd.links or cmd.cwd and cmd.cwd.startswith(("/", "~")) and not t.startswith("-")):
             out.extend(_read_target(cmd, a))
     return out
 
@@ -775,10 +1005,12 @@ def check_redirect(red: Redirect) -> list[Finding]:
         return [_f("revshell.dev-tcp", w, f"Redirect to {t} opens a network socket (reverse shell).")]
     if red.writes:
         fake = SimpleCommand(label, Word(label, None), [], None, 0)
+        fake.cwd, fake.links = red.cwd, red.links
         return [Finding(f.rule_id, f.risk_level, w.span, f.message.replace(f"'{label}' ", "A redirect ", 1)
                         if owner is None else f.message) for f in _write_target(fake, w)]
     if red.op == "<":
         fake = SimpleCommand(label, Word(label, None), [], None, 0)
+        fake.cwd, fake.links = red.cwd, red.links
         return list(_read_target(fake, w))
     return []
 
@@ -832,6 +1064,9 @@ def check_script(script: Script) -> list[Finding]:
         findings.extend(check_redirect(red))
     for fn in script.functions:
         findings.extend(check_function(fn))
+    for loop in script.loops:
+        findings.extend(check_loop(loop))
+    findings.extend(check_assignments(script))
     findings.extend(download_exec(script))
     return findings
 
@@ -855,6 +1090,11 @@ def is_read_only(script: Script) -> bool:
         if name not in READ_ONLY or c.wrappers:
             return False
         argv = c.argv
+        if name == "git":          # git -C dir -c key=value log: the subcommand decides
+            k = 0
+            while k < len(argv) and argv[k].startswith("-"):
+                k += 2 if argv[k] in _GIT_GLOBAL_WITH_VALUE else 1
+            argv = argv[k:]
         if name == "git" and not (argv and argv[0] in _GIT_READ and not (argv[0] in ("branch", "tag", "remote", "config")
                                                                          and len(argv) > 1 and not argv[1].startswith("-"))):
             return False

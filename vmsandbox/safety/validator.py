@@ -3,16 +3,17 @@
 Owns reading and checking the ``safety`` config section (user patterns, the allow list,
 limits), turning rule findings into one ``RiskAssessment`` with an operator-readable reason,
 mapping a level to a decision (allow / flag / needs_approval / block / warn), and comparing
-resource usage with ``safety.limits``.
+resource usage with ``safety.limits``. User regex patterns are compiled with RE2, whose matching
+time is linear in the input, so no pattern can make ``validate`` hang (no catastrophic backtracking).
 """
 from __future__ import annotations
 
 import fnmatch
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from ..config import Config, Limits, PatternEntry, SafetySection, load_config, parse_cpu, parse_size
+from ..userregex import compile_user_regex
 from ..exceptions import ConfigError
 from .models import Finding, ResourceUsage, RiskAssessment, RiskLevel
 from .parser import Script, parse_script
@@ -27,7 +28,7 @@ class _UserPattern:
     index: int
     text: str
     level: RiskLevel
-    regex: Optional[re.Pattern]
+    regex: Optional[Any]                    # an RE2 pattern: linear-time search
     tokens: Optional[tuple[str, ...]]       # plain word patterns match whole words in order
     squashed: str                           # other patterns: whitespace-insensitive substring
 
@@ -77,7 +78,7 @@ class SafetyValidator:
     def _pattern(entry: PatternEntry, i: int) -> _UserPattern:
         """A ``safety.validation.patterns`` entry, already checked by the config schema."""
         text = entry.pattern
-        compiled = re.compile(text) if entry.regex else None
+        compiled = _compile(text, f"{_PATH}.patterns[{i}].pattern") if entry.regex else None
         tokens = tuple(text.split()) if not entry.regex and not (_META & set(text)) else None
         return _UserPattern(i, text, RiskLevel[entry.level], compiled, tokens, "".join(text.split()))
 
@@ -205,6 +206,14 @@ class SafetyValidator:
             return (parse_cpu(limits.cpu, "limits.cpu"), parse_size(limits.memory, "limits.memory"),
                     parse_size(limits.disk, "limits.disk"))
         raise ConfigError(f"expected Limits or a mapping, got {type(limits).__name__}", "limits")
+
+
+def _compile(text: str, path: str) -> Any:
+    """Compile a user pattern with RE2 (``vmsandbox.userregex``); ConfigError naming ``path``."""
+    try:
+        return compile_user_regex(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path) from exc
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
