@@ -28,6 +28,7 @@ from pathlib import Path
 import paramiko
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from vmsandbox._safe_text import visible
 from vmsandbox.exceptions import (
     ConfigError, GuestUnreachableError, NotFoundError, ProviderError, SecurityError,
 )
@@ -506,7 +507,7 @@ def _shell_script(command: str, working_dir: str | None, env: Mapping[str, str] 
 def _raise_copy_error(exit_code: int | None, stderr: str, what: str) -> None:
     if exit_code == 0:
         return
-    message = f"{what}: {stderr.strip() or f'exit code {exit_code}'}"
+    message = f"{what}: {visible(stderr.strip(), multiline=True) or f'exit code {exit_code}'}"
     if exit_code == _MISSING:
         raise NotFoundError(message)
     raise ProviderError(message)
@@ -555,7 +556,7 @@ def _console_tail(console_log: Path | None) -> str:
             lines = handle.read().decode("utf-8", errors="replace").splitlines()[-_CONSOLE_TAIL_LINES:]
     except OSError as exc:
         return f"; console log {console_log} unreadable: {exc.strerror}"
-    tail = "\n".join(lines) if lines else "(empty)"
+    tail = visible("\n".join(lines), multiline=True) if lines else "(empty)"   # the guest wrote it
     return f"; console log: {console_log}, last lines:\n{tail}"
 
 

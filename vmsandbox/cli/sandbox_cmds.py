@@ -11,7 +11,7 @@ from datetime import datetime
 import click
 import yaml
 
-from ._context import console, get_core, app, print_json, table
+from ._context import get_core, app, literal, print_json, say, status as status_line, table
 
 COMMANDS: list[click.Command] = []
 
@@ -28,11 +28,11 @@ def _progress_runner(json_out: bool):
     """A progress callback shown as a live status line to people, silent for machines."""
     if json_out or not sys.stderr.isatty():
         return None, None
-    status = console.status("starting")
+    status = status_line("starting")
     start = time.monotonic()
 
     def progress(msg: str) -> None:
-        status.update(f"{msg}  [{time.monotonic() - start:.1f} s]")
+        status.update(literal(f"{msg}  [{time.monotonic() - start:.1f} s]", max_line=200))
     return status, progress
 
 
@@ -77,7 +77,7 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
     if json_out:
         print_json({**info.to_dict(), "seconds": round(time.monotonic() - start, 3)})
     else:
-        click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; ssh on 127.0.0.1:{info.ssh_port}")
+        say(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; ssh on 127.0.0.1:{info.ssh_port}")
 
 
 @command("list")
@@ -105,7 +105,7 @@ def show(ctx, name, json_out):
         print_json(info.to_dict())
     else:
         for k, v in info.to_dict().items():
-            click.echo(f"{k:14} {v}")
+            say(f"{k:14} {v}")
 
 
 @command("exec", context_settings={"ignore_unknown_options": True})
@@ -214,7 +214,7 @@ def _power_command(op: str, help_text: str):
     @click.pass_context
     def _cmd(ctx, name):
         info = getattr(get_core(ctx), op)(name)
-        click.echo(f"{info.name}: {info.state.value}")
+        say(f"{info.name}: {info.state.value}")
     return _cmd
 
 
@@ -233,7 +233,7 @@ def destroy(ctx, names):
     core = get_core(ctx)
     for n in names:
         core.destroy(n)
-        click.echo(f"destroyed {n}")
+        say(f"destroyed {n}")
 
 
 @command("gc")
@@ -247,7 +247,7 @@ def gc(ctx, dry_run, json_out):
         print_json(done)
     else:
         for line in done:
-            click.echo(("would remove " if dry_run else "removed ") + line)
+            say(("would remove " if dry_run else "removed ") + line)
         if not done:
             click.echo("nothing to remove")
 
@@ -278,7 +278,7 @@ def audit(ctx, sandbox, limit, json_out):
         return
     table(["TIME", "SANDBOX", "OPERATION", "OUTCOME", "DETAIL"],
           [[datetime.fromtimestamp(r["ts"]).strftime("%H:%M:%S"), r["sandbox"], r["operation"], r["outcome"],
-            ", ".join(f"{k}={v}" for k, v in r["detail"].items())[:120]] for r in rows])
+            ", ".join(f"{k}={v}" for k, v in r["detail"].items())] for r in rows])
 
 
 @click.group("config")
