@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from . import disks
+from . import disks, perms
 from .config import Config, Limits, load_config, parse_cpu, parse_size
 from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError,
                          SandboxError, SecurityError, StateCorruptionError, StateError)
@@ -63,12 +63,7 @@ class SandboxCore:
         self.config = load_config(config_path, config)
         sb = self.config.sandbox
         self.state_dir = ensure_state_dir(sb.state_path)
-        (self.state_dir / "sandboxes").mkdir(exist_ok=True)
-        (self.state_dir / "logs").mkdir(exist_ok=True)
-        (self.state_dir / "locks").mkdir(mode=0o700, exist_ok=True)
-        for sub in ("layers", "memory"):            # read by QEMU (libvirt-qemu): traversable
-            (self.state_dir / sub).mkdir(exist_ok=True)
-            os.chmod(self.state_dir / sub, 0o711)
+        perms.prepare_state_dir(self.state_dir, sb.box_path)   # 0700/0600; QEMU may only pass through
         self.store = Store(default_db_path(self.state_dir))
         self.provider = provider or load_provider(sb.provider, self.config)
         self._sessions: dict[str, Any] = {}
@@ -88,7 +83,7 @@ class SandboxCore:
         """Finish or undo operations a crashed process left half-done (journaled in the store)."""
         if not self.store.journal_entries():
             return
-        with open(self.state_dir / "locks" / "recover.lock", "a") as fh:
+        with perms.open_private(self.state_dir / "locks" / "recover.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             for line in self.snapshots.recover():
                 log.warning("recovered: %s", line)
@@ -115,7 +110,7 @@ class SandboxCore:
     @contextmanager
     def _locked(self, sandbox_id: str) -> Iterator[None]:
         """Exclusive per-sandbox lock, across threads and processes."""
-        with open(self.state_dir / "locks" / f"{sandbox_id}.lock", "a") as fh:
+        with perms.open_private(self.state_dir / "locks" / f"{sandbox_id}.lock", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -309,8 +304,7 @@ class SandboxCore:
             raise ConfigError(str(exc), "name") from None
         self.store.add_layer(layer_id, str(layer_path), parent_layer, box, sid)
         d = self.sandbox_dir(info)
-        d.mkdir(mode=0o755)
-        os.chmod(d, 0o755)
+        perms.private_dir(d)
         return info
 
     def _discard_failed_create(self, info: SandboxInfo, exc: BaseException) -> None:
@@ -320,7 +314,8 @@ class SandboxCore:
         kept = None
         if console.exists() and console.stat().st_size:
             kept = self.state_dir / "logs" / f"{info.name}-{info.id}-console.log"
-            shutil.copyfile(console, kept)
+            with open(console, "rb") as src, perms.open_private(kept) as dst:
+                shutil.copyfileobj(src, dst)
         try:
             self.provider.destroy_machine(info.domain)
         except SandboxError as cleanup_exc:
@@ -648,6 +643,7 @@ class SandboxCore:
                                     "" if free > 2 << 30 else "free some disk space"))
         writable = os.access(self.state_dir, os.W_OK)
         checks.append(ProviderCheck("state directory", writable, str(self.state_dir)))
+        checks.append(ProviderCheck("state permissions", *perms.summary(self.state_dir, self.config.sandbox.box_path)))
         problems = self.snapshots.verify()
         checks.append(ProviderCheck("layer tree", not problems,
                                     "; ".join(problems) or f"{len(self.store.list_layers())} layers consistent",

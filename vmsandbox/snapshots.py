@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-from . import disks
+from . import disks, perms
 from .exceptions import ConfigError, ProviderError, RollbackError, SandboxError, StateError
 from .models import SandboxInfo, SandboxState
 
@@ -83,7 +83,7 @@ class SnapshotManager:
     @contextmanager
     def _snapshot_lock(self, snapshot_id: str, blocking: bool = True) -> Iterator[None]:
         """Held while a memory state is used (its header is rewritten for each restore)."""
-        with open(self.core.state_dir / "locks" / f"{snapshot_id}.lock", "a") as fh:
+        with perms.open_private(self.core.state_dir / "locks" / f"{snapshot_id}.lock", "a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
@@ -178,7 +178,7 @@ class SnapshotManager:
             import zstandard
             out = raw.with_suffix(".save.zst")
             try:
-                with self._snapshot_lock(snap_id), open(raw, "rb") as src, open(out, "wb") as dst:
+                with self._snapshot_lock(snap_id), open(raw, "rb") as src, perms.open_private(out) as dst:
                     zstandard.ZstdCompressor(level=3, threads=-1).copy_stream(src, dst)
                     dst.flush()
                     os.fsync(dst.fileno())
@@ -199,7 +199,7 @@ class SnapshotManager:
         import zstandard
         tmp = path.with_name(f"{row['id']}.{uuid.uuid4().hex[:6]}.restore")
         try:
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
+            with open(path, "rb") as src, perms.open_private(tmp) as dst:
                 zstandard.ZstdDecompressor().copy_stream(src, dst)
             yield tmp
         finally:

@@ -37,7 +37,8 @@ class FakeProvider(Provider):
         d = self._dom(name)
         disks.create_overlay(new_overlay, d["disk"])
         if memory_path is not None:
-            with open(memory_path, "wb") as f:
+            from .perms import open_private
+            with open_private(memory_path) as f:            # libvirt writes it 0600 too
                 f.write(b"LibvirtQemudSave" + bytes(76))
         d["disk"] = str(new_overlay)
 

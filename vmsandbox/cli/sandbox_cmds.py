@@ -172,6 +172,7 @@ def cp(ctx, src, dst):
 
 
 def _ssh_files(core, name):
+    from ..perms import write_private
     from ..ssh import known_hosts_line, openssh_config
     info = core.get(name)
     box = core.boxes.get(info.box)
@@ -179,7 +180,7 @@ def _ssh_files(core, name):
     if not host_key:
         raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
     known = core.sandbox_dir(info) / "known_hosts"
-    known.write_text(known_hosts_line(info.ssh_port, host_key) + "\n")
+    write_private(known, known_hosts_line(info.ssh_port, host_key) + "\n")
     alias = f"vmsandbox-{info.name}"
     return alias, openssh_config(alias, info.ssh_port, box.ssh_user, box.ssh_key, known)
 
@@ -202,8 +203,9 @@ def ssh(ctx, name, args):
     core = get_core(ctx)
     core._require(core.get(name), "execute")
     alias, block = _ssh_files(core, name)
+    from ..perms import write_private
     cfg = core.sandbox_dir(core.get(name)) / "ssh_config"
-    cfg.write_text(block)
+    write_private(cfg, block)
     core.store.audit("ssh", "ok", core.get(name))
     os.execvp("ssh", ["ssh", "-F", str(cfg), alias, *args])
 
