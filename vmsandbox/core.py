@@ -33,7 +33,7 @@ from .store import Store, default_db_path, ensure_state_dir
 
 log = logging.getLogger("vmsandbox")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")        # always fullmatch: `$` also matches before a newline
 SANDBOX_KEYS = {"box", "base_image", "resource_limits", "network_mode", "persistent", "isolation_type",
                 "clone_from", "ttl_seconds"}
 NETWORK_MODES = ("none", "nat")
@@ -258,7 +258,7 @@ class SandboxCore:
         Raises ConfigError (bad name/config), NotFoundError (unknown box), ResourceLimitError (over
         safety.limits), ProviderError/GuestUnreachableError (boot failed). A failure leaves nothing behind.
         """
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise ConfigError(f"{name!r} is not a valid sandbox name (1-40 of a-z 0-9 '-', starting with a letter or digit)", "name")
         req = self.parse_request(config)
         if req.clone_from:
@@ -447,7 +447,13 @@ class SandboxCore:
             fn = getattr(importlib.import_module(module), func)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"cannot load {path!r}: {exc}", "safety.approval_callback") from exc
-        return bool(fn(assessment, info))
+        try:
+            return bool(fn(assessment, info))
+        except Exception as exc:     # a broken callback denies; the operator sees which one and why
+            self.store.audit("policy", "callback_failed", info, command=assessment.command, callback=path,
+                             error=f"{type(exc).__name__}: {exc}")
+            raise SecurityError(f"approval callback {path!r} failed ({type(exc).__name__}: {exc}); "
+                                f"the command was not run", assessment) from exc
 
     def _before_risky_command(self, info: SandboxInfo, assessment) -> None:
         """Before a command rated MEDIUM or above: a disk-only automatic snapshot when

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .core import SandboxCore
 
 log = logging.getLogger("vmsandbox.snapshots")
-SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,79}$")
+SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,79}")   # always fullmatch
 SAVE_MAGIC = b"LibvirtQemudSave"
 
 
@@ -109,7 +109,7 @@ class SnapshotManager:
     def create(self, sandbox_id: str, name: str, memory: Optional[bool] = None,
                metadata: dict | None = None) -> str:
         core = self.core
-        if not isinstance(name, str) or not SNAPSHOT_NAME_RE.match(name):
+        if not isinstance(name, str) or not SNAPSHOT_NAME_RE.fullmatch(name):
             raise ConfigError(f"{name!r} is not a valid snapshot name (1-80 of A-Z a-z 0-9 . _ : -)", "name")
         info = core.get(sandbox_id)
         with core._locked(info.id):
