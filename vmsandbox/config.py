@@ -122,15 +122,21 @@ class SSHSection:
     connect_timeout: float = 10.0
     command_timeout: float = 600.0               # default execute() timeout, seconds
     max_output: str = "16M"                      # per stream; beyond it output is dropped, truncated=True
+    max_copy: str = "1G"                         # largest file or tree `cp` / put_file / get_file moves
 
     def validate(self, path: str) -> None:
         _positive(self.connect_timeout, f"{path}.connect_timeout")
         _positive(self.command_timeout, f"{path}.command_timeout")
         parse_size(self.max_output, f"{path}.max_output")
+        parse_size(self.max_copy, f"{path}.max_copy")
 
     @property
     def max_output_bytes(self) -> int:
         return parse_size(self.max_output)
+
+    @property
+    def max_copy_bytes(self) -> int:
+        return parse_size(self.max_copy)
 
 
 @dataclass(frozen=True)

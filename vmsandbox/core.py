@@ -465,21 +465,33 @@ class SandboxCore:
                               metadata={"automatic": True, "reason": f"before: {assessment.command[:200]}",
                                         "level": assessment.risk_level.value})
 
-    def put_file(self, sandbox_id: str, local: str | os.PathLike, remote: str) -> None:
-        """Copy a local file into the sandbox."""
-        info = self.get(sandbox_id)
-        self._require(info, "copy")
-        if not Path(local).is_file():
-            raise NotFoundError(f"no local file {str(local)!r}")
-        self.session(info).put(Path(local), remote)
-        self.store.audit("copy_in", "ok", info, local=str(local), remote=remote)
+    def put_file(self, sandbox_id: str, local: str | os.PathLike, remote: str, max_size: int | None = None,
+                 recursive: bool = False) -> None:
+        """Copy a local file (a directory with ``recursive``) into the sandbox; at most ``max_size``
+        bytes (default ``ssh.max_copy``). See ``filecopy.put``."""
+        self._copy("copy_in", sandbox_id, lambda s, cap: s.put(Path(local), remote, max_size=cap, recursive=recursive),
+                   max_size, local=str(local), remote=remote)
 
-    def get_file(self, sandbox_id: str, remote: str, local: str | os.PathLike) -> None:
-        """Copy a file out of the sandbox."""
+    def get_file(self, sandbox_id: str, remote: str, local: str | os.PathLike, max_size: int | None = None,
+                 recursive: bool = False) -> None:
+        """Copy a file (a directory with ``recursive``) out of the sandbox, to ``local`` or into it
+        when it is a directory; at most ``max_size`` bytes (default ``ssh.max_copy``); nothing is
+        left behind on failure. See ``filecopy.get``."""
+        self._copy("copy_out", sandbox_id, lambda s, cap: s.get(remote, Path(local), max_size=cap, recursive=recursive),
+                   max_size, remote=remote, local=str(local))
+
+    def _copy(self, operation: str, sandbox_id: str, run: Callable, max_size: int | None, **detail: Any) -> None:
         info = self.get(sandbox_id)
         self._require(info, "copy")
-        self.session(info).get(remote, Path(local))
-        self.store.audit("copy_out", "ok", info, remote=remote, local=str(local))
+        cap = self.config.ssh.max_copy_bytes if max_size is None else max_size
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0:
+            raise ConfigError(f"{max_size!r} must be a positive number of bytes", "max_size")
+        try:
+            run(self.session(info), cap)
+        except SandboxError as exc:
+            self.store.audit(operation, "failed", info, error=str(exc), **detail)
+            raise
+        self.store.audit(operation, "ok", info, **detail)
 
     # -- power -----------------------------------------------------------------------------
     def _power(self, sandbox_id: str, operation: str, target: SandboxState, action: Callable[[SandboxInfo], None],

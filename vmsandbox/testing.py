@@ -132,11 +132,12 @@ class FakeSession:
         self.commands.append(command)
         return self.responses.get(command, ExecutionResult(stdout="", stderr="", exit_code=0, duration=0.001))
 
-    def put(self, local, remote, mode=None) -> None:
+    def put(self, local, remote, mode=None, max_size=None, recursive=False) -> None:
         self.files[remote] = open(local, "rb").read()
 
-    def get(self, remote, local) -> None:
+    def get(self, remote, local, max_size=None, recursive=False):
         open(local, "wb").write(self.files[remote])
+        return local
 
     def is_alive(self) -> bool:
         return not self.closed

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 
 import click
@@ -157,18 +159,39 @@ def _writer(stream):
 @command("cp")
 @click.argument("src")
 @click.argument("dst")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
+@click.option("--max-size", default=None, help="Refuse to copy more than this (e.g. 100M; default: ssh.max_copy).")
 @click.pass_context
-def cp(ctx, src, dst):
-    """Copy a file in or out: `cp FILE NAME:/path` or `cp NAME:/path FILE`."""
+def cp(ctx, src, dst, recursive, max_size):
+    """Copy a file in or out: `cp FILE NAME:/path` or `cp NAME:/path FILE` (into DIR when it is one).
+
+    What arrives appears whole or not at all: an interrupted or refused copy (Ctrl-C, SIGTERM,
+    --max-size) leaves no partial file. Permission bits are kept."""
+    from ..config import parse_size
+    cap = parse_size(max_size, "--max-size") if max_size is not None else None
     core = get_core(ctx)
-    if ":" in dst and ":" not in src:
-        name, remote = dst.split(":", 1)
-        core.put_file(name, src, remote)
-    elif ":" in src and ":" not in dst:
-        name, remote = src.split(":", 1)
-        core.get_file(name, remote, dst)
-    else:
-        raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
+    with _terminate_as_exception():
+        if ":" in dst and ":" not in src:
+            name, remote = dst.split(":", 1)
+            core.put_file(name, src, remote, max_size=cap, recursive=recursive)
+        elif ":" in src and ":" not in dst:
+            name, remote = src.split(":", 1)
+            core.get_file(name, remote, dst, max_size=cap, recursive=recursive)
+        else:
+            raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
+
+
+@contextmanager
+def _terminate_as_exception():
+    """SIGTERM and SIGHUP raise SystemExit here, so clean-up code (``finally``) runs as on Ctrl-C."""
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _ssh_files(core, name):
