@@ -123,6 +123,7 @@ class SSHSection:
     command_timeout: float = 600.0               # default execute() timeout, seconds
     max_output: str = "16M"                      # per stream; beyond it output is dropped, truncated=True
     max_copy: str = "1G"                         # largest file or tree `cp` / put_file / get_file moves
+    own_host_key: bool = True                    # give each sandbox and clone its own SSH host key
 
     def validate(self, path: str) -> None:
         _positive(self.connect_timeout, f"{path}.connect_timeout")

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-from . import disks, perms
+from . import disks, hostkeys, perms
 from .config import Config, Limits, load_config, parse_cpu, parse_size
-from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError,
+from .exceptions import (CommandTimeout, ConfigError, ProviderError, ResourceLimitError,
                          SandboxError, SecurityError, StateCorruptionError, StateError)
 from .models import ALLOWED, ExecutionResult, SandboxInfo, SandboxState
 from .providers import MachineSpec, Provider, ProviderCheck, load_provider
@@ -185,7 +185,7 @@ class SandboxCore:
             if s is not None:
                 s.close()
             box = self.boxes.get(info.box)
-            host_key = box.host_key or info.extra.get("host_key")
+            host_key = info.extra.get("host_key") or box.host_key      # the sandbox's own pin first
 
             def remember(keyline: str, sid: str = info.id) -> None:
                 self.store.update_sandbox(sid, extra={"host_key": keyline})
@@ -278,6 +278,7 @@ class SandboxCore:
                     progress("booting guest")
                 self.provider.start_machine(self._spec(info, self.active_disk(info)))
                 self._wait_ready(info, progress)
+                hostkeys.rotate(self, info, progress)           # its own host key, not the box's
                 info = self._set_state(info, SandboxState.RUNNING)
         except BaseException as exc:
             self._discard_failed_create(info, exc)

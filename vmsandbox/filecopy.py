@@ -18,13 +18,19 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from ._safe_text import visible
 from .exceptions import ConfigError, NotFoundError, ProviderError, ResourceLimitError
 
-if TYPE_CHECKING:
-    from .ssh import SSHSession
+
+class Channel(Protocol):
+    """What a copy needs of an SSH session (``ssh.SSHSession``)."""
+    host: str
+    port: int
+
+    def stream(self, script: str, stdin_chunks, on_stdout: Callable[[bytes], None],
+               on_stderr: Callable[[bytes], None], timeout: float | None) -> int | None: ...
 
 _CHUNK = 256 << 10
 MISSING = 44              # exit code of the copy scripts for "no such file or directory"
@@ -101,7 +107,7 @@ def _stderr_sink(buf: bytearray) -> Callable[[bytes], None]:
     return write
 
 
-def get(session: "SSHSession", remote: str, local: Path, max_size: int, recursive: bool = False) -> Path:
+def get(session: Channel, remote: str, local: Path, max_size: int, recursive: bool = False) -> Path:
     """Copy ``remote`` (a file, or a directory with ``recursive``) to ``local`` (or into it, when
     it is an existing directory). Returns the path written. Raises ``NotFoundError`` (no such remote
     path or local directory), ``ConfigError`` (a directory without ``recursive``), ``CopyTooLarge``,
@@ -164,7 +170,7 @@ def _untar(archive: Path, into: Path, what: str) -> None:
         raise ProviderError(f"{what}: bad archive from the guest: {visible(exc)}") from exc
 
 
-def put(session: "SSHSession", local: Path, remote: str, max_size: int, recursive: bool = False,
+def put(session: Channel, local: Path, remote: str, max_size: int, recursive: bool = False,
         mode: int | None = None) -> str:
     """Copy the local file (or directory, with ``recursive``) ``local`` to ``remote`` in the guest,
     or into it when it is an existing directory there. The guest sees the new file (or tree) appear

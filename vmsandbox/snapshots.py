@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
-from . import disks, perms
+from . import disks, hostkeys, perms
 from .exceptions import ConfigError, ProviderError, RollbackError, SandboxError, StateError
 from .models import SandboxInfo, SandboxState
 
@@ -361,7 +361,7 @@ class SnapshotManager:
         base = core.layer_file(row["layer"])
         started = time.monotonic()
         info = core._reserve(name, origin.box, row["cpu"], row["memory"], origin.disk, req,
-                             cloned_from=row["id"])
+                             cloned_from=row["id"], host_key=origin.extra.get("host_key"))
         op = "op-" + uuid.uuid4().hex[:12]
         self.store.journal_begin(op, "clone", info.id, {"snapshot": row["id"], "new_domain": info.domain,
                                                           "new_path": str(core.active_disk(info))})
@@ -377,6 +377,7 @@ class SnapshotManager:
                 core._wait_ready(info, progress)
                 if row["memory_path"]:
                     self._after_restore(info, new_mac=info.extra["mac"])
+                hostkeys.rotate(core, info, progress)           # not its origin's key any more
                 core._set_state(info, SandboxState.RUNNING)
                 self.store.journal_end(op)
         except BaseException as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 import paramiko
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from vmsandbox import filecopy
 from vmsandbox._safe_text import visible
 from vmsandbox.exceptions import (
     ConfigError, GuestUnreachableError, NotFoundError, ProviderError, SecurityError,
@@ -126,6 +127,12 @@ class SSHSession:
         waited = time.monotonic() - started
         log.debug("ssh %s ready after %.2fs", self._where, waited)
         return waited
+
+    def repin(self, host_key: str) -> None:
+        """Pin another host key (the guest's key was rotated); the next connection must show it."""
+        with self._lock:
+            self.host_key = _normalize_keyline(host_key)
+            self._close_transport()
 
     def is_alive(self) -> bool:
         transport = self._transport
@@ -354,14 +361,12 @@ class SSHSession:
     def put(self, local: Path, remote: str, mode: int | None = None, max_size: int = 1 << 30,
             recursive: bool = False) -> None:
         """Copy a local file (a directory with ``recursive``) to ``remote`` in the guest; see ``filecopy.put``."""
-        from . import filecopy
         started = time.monotonic()
         filecopy.put(self, Path(local), remote, max_size, recursive, mode)
         log.debug("ssh %s put %s -> %s in %.3fs", self._where, local, remote, time.monotonic() - started)
 
     def get(self, remote: str, local: Path, max_size: int = 1 << 30, recursive: bool = False) -> Path:
         """Copy ``remote`` from the guest to ``local`` (or into it); see ``filecopy.get``. Returns the path written."""
-        from . import filecopy
         started = time.monotonic()
         written = filecopy.get(self, remote, Path(local), max_size, recursive)
         log.debug("ssh %s get %s -> %s in %.3fs", self._where, remote, written, time.monotonic() - started)

@@ -51,3 +51,17 @@ def test_a_raising_approval_callback_is_a_security_error_naming_it(tmp_path, mon
     assert r.exit_code == 5 and r.output.count("\n") == 1 and "Traceback" not in r.output
     assert r.output.startswith("error: approval callback 'approver_that_breaks:approve' failed")
     core.close()
+
+
+def test_create_and_clone_each_pin_their_own_host_key(core):
+    """On the fakes: the record carries a fresh key per sandbox (real guests: tests/integration/test_security.py)."""
+    a = core.create_sandbox("a")
+    b = core.create_sandbox("b")
+    ka, kb = (core.get(x).extra["host_key"] for x in (a, b))
+    assert ka.startswith("ssh-ed25519 ") and kb.startswith("ssh-ed25519 ") and ka != kb
+    snap = core.create_snapshot(a, "s")
+    c = core.create_sandbox("c", {"clone_from": snap})
+    kc = core.get(c).extra["host_key"]
+    assert kc not in (ka, kb) and core.fake_sessions[c].host_key == kc
+    core.rollback(a, snap)
+    assert core.get(a).extra["host_key"] == ka                    # rollback keeps the sandbox's key

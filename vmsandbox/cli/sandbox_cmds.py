@@ -199,7 +199,7 @@ def _ssh_files(core, name):
     from ..ssh import known_hosts_line, openssh_config
     info = core.get(name)
     box = core.boxes.get(info.box)
-    host_key = box.host_key or info.extra.get("host_key")
+    host_key = info.extra.get("host_key") or box.host_key
     if not host_key:
         raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
     known = core.sandbox_dir(info) / "known_hosts"
