@@ -8,11 +8,15 @@ key on the host, installs it in the guest over that connection, restarts the gue
 sandbox's ``extra.host_key``. A clone rotates again, since its disk and memory hold its origin's
 key. Rollback keeps the sandbox's key: it is on the sandbox's disk since before any snapshot.
 
-Supported servers: dropbear (busybox init respawns it, as in the ``tiny`` box) and OpenSSH
-(``SIGHUP`` makes sshd re-read its host keys).
+Supported servers: dropbear (2022 and later re-executes itself per connection and so reads the
+new key at once; an older one is restarted and init respawns it, as in the ``tiny`` box) and
+OpenSSH (``SIGHUP`` makes sshd re-read its host keys). Measured cost: 0.25-0.3 s per create or
+clone on the tiny box (no restart needed); a restart through busybox init takes ~2 s more.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import shlex
 import shutil
@@ -26,45 +30,51 @@ from .exceptions import ProviderError, SecurityError
 
 log = logging.getLogger("vmsandbox.hostkeys")
 
-# Prints "dropbear PID KEYPATH" or "openssh PID KEYPATH" for the guest's SSH listener.
-_DETECT = r"""
-for d in /proc/[0-9]*; do
-  read -r _ comm _ ppid _ < "$d/stat" 2>/dev/null || continue
-  [ "$ppid" = 1 ] || continue
-  case "$comm" in
-    "(dropbear)")
-      key=/etc/dropbear/dropbear_ed25519_host_key; next=
-      for a in $(tr '\0' ' ' < "$d/cmdline"); do
-        [ "$next" = 1 ] && case "$a" in *ed25519*) key=$a;; esac; next=; [ "$a" = -r ] && next=1
-      done
-      echo "dropbear ${d#/proc/} $key"; exit 0;;
-    "(sshd)")
-      echo "openssh ${d#/proc/} /etc/ssh/ssh_host_ed25519_key"; exit 0;;
-  esac
-done
-echo "no SSH listener found (dropbear or sshd started by init)" >&2; exit 1
+# The guest's SSH listener: a dropbear or sshd whose parent is init (orphaned dropbear connection
+# processes also have parent 1 once the listener is gone; they carry "-2 FD" and are skipped).
+_LISTENER = r"""
+listener() {
+  for d in /proc/[0-9]*; do
+    read -r _ comm _ ppid _ < "$d/stat" 2>/dev/null || continue
+    [ "$ppid" = 1 ] || continue
+    case "$comm" in "(dropbear)"|"(sshd)") ;; *) continue;; esac
+    case " $(tr '\0' ' ' < "$d/cmdline") " in *" -2 "*) continue;; esac
+    echo "${comm#(}" | tr -d ')'; echo "${d#/proc/}"; tr '\0' '\n' < "$d/cmdline"; return 0
+  done
+  return 1
+}
 """
 
-# $1: kind, $2: listener pid, $3: key path; the private key on stdin. Waits until the old
-# listener is gone and a new one listens (dropbear is respawned by init), so the next
-# connection sees the new key.
+# Prints "dropbear PID KEYPATH" or "sshd PID KEYPATH".
+_DETECT = _LISTENER + r"""
+found=$(listener) || { echo "no SSH listener found (dropbear or sshd started by init)" >&2; exit 1; }
+set -- $found
+kind=$1 pid=$2; shift 2
+key=/etc/dropbear/dropbear_ed25519_host_key
+[ "$kind" = sshd ] && key=/etc/ssh/ssh_host_ed25519_key
+while [ $# -gt 0 ]; do [ "$1" = -r ] && case "$2" in *ed25519*) key=$2;; esac; shift; done
+echo "$kind $pid $key"
+"""
+
+# $1: kind, $2: listener pid, $3: key path; the private key on stdin. dropbear (2022 and later)
+# re-executes itself for each connection and so reads the new key at once; sshd re-reads it on SIGHUP.
 _INSTALL = r"""
 kind=$1 pid=$2 key=$3
 umask 077
 cat > "$key.vmsandbox-new" && mv -f "$key.vmsandbox-new" "$key" || exit 1
-if [ "$kind" = openssh ]; then
-  ssh-keygen -y -f "$key" > "$key.pub" 2>/dev/null
-  kill -HUP "$pid"; exit 0
-fi
+if [ "$kind" = sshd ]; then ssh-keygen -y -f "$key" > "$key.pub" 2>/dev/null; kill -HUP "$pid"; fi
+exit 0
+"""
+
+# For a dropbear that keeps its keys in memory: stop the listener; init starts it again (busybox
+# init takes ~2 s); done once the new one listens on port 22 (hex 0016, state 0A).
+_RESTART = _LISTENER + r"""
+pid=$1
 kill "$pid" || exit 1
 i=0
-while [ $i -lt 200 ]; do
-  if ! kill -0 "$pid" 2>/dev/null; then
-    for d in /proc/[0-9]*; do
-      read -r _ comm _ ppid _ < "$d/stat" 2>/dev/null || continue
-      [ "$ppid" = 1 ] && [ "$comm" = "(dropbear)" ] && [ "${d#/proc/}" != "$pid" ] && exit 0
-    done
-  fi
+while [ $i -lt 500 ]; do
+  new=$(listener | sed -n 2p)
+  if [ -n "$new" ] && [ "$new" != "$pid" ] && grep -qs ':0016 [0:]* 0A ' /proc/net/tcp /proc/net/tcp6; then exit 0; fi
   usleep 20000 2>/dev/null || sleep 1; i=$((i+1))
 done
 echo "the SSH listener did not come back" >&2; exit 1
@@ -106,30 +116,54 @@ def _run(session: Any, script: str, stdin: bytes | None = None, timeout: float =
 
 
 def rotate_session(session: Any, timeout: float = 30) -> str:
-    """Give the guest behind ``session`` a fresh host key and re-pin ``session`` to it; returns the
-    new key line. Raises ``ProviderError`` (no supported SSH server, the listener did not come
-    back) or ``SecurityError`` (the guest presents another key than the one installed)."""
+    """Give the guest behind ``session`` (an ``ssh.SSHSession``) a fresh host key and re-pin
+    ``session`` to it; returns the new key line. Raises ``ProviderError`` (no supported SSH
+    server, the listener did not come back) or ``SecurityError`` (the guest keeps presenting
+    another key than the one installed)."""
     fields = _run(session, _DETECT, timeout=timeout).split()
-    if len(fields) != 3 or fields[0] not in ("dropbear", "openssh") or not fields[1].isdigit():
+    if len(fields) != 3 or fields[0] not in ("dropbear", "sshd") or not fields[1].isdigit():
         raise ProviderError(f"host key rotation: cannot read the guest's SSH listener from {fields!r}")
     kind, pid, path = fields
     with tempfile.TemporaryDirectory(prefix="vmsandbox-hostkey-") as work:   # 0700
         private, public = _new_key(kind, Path(work))
-    args = " ".join(shlex.quote(a) for a in (kind, pid, path))
-    _run(session, f"set -- {args}\n{_INSTALL}", stdin=private, timeout=timeout)
+    old = session.host_key
+    _run(session, f"set -- {_quote(kind, pid, path)}\n{_INSTALL}", stdin=private, timeout=timeout)
     session.repin(public)
-    # A new connection, which must show the new key. sshd re-reads its keys a moment after
-    # SIGHUP: the old key may answer briefly; it is refused, and so is any key but the new one.
-    deadline = time.monotonic() + 5
+    # From now on only the new key is accepted. A listener that still shows the old one is
+    # restarted (over a connection pinned to the old key) or, for sshd, given a moment to reload.
+    deadline = time.monotonic() + timeout
+    restarted = kind != "dropbear"
     while True:
         try:
-            session.wait_ready(timeout)
+            session.wait_ready(max(deadline - time.monotonic(), 1.0))
             return public
         except SecurityError:
             if time.monotonic() > deadline:
                 raise
             session.close()
-            time.sleep(0.1)
+            if not restarted:
+                restarted = True
+                _restart_listener(session, old, pid, timeout)
+            else:
+                time.sleep(0.1)
+
+
+def _restart_listener(session: Any, old_key: str, pid: str, timeout: float) -> None:
+    from .ssh import SSHSession
+    with SSHSession(session.host, session.port, session.username, session.key_path, old_key,
+                    connect_timeout=session.connect_timeout) as old:
+        old.wait_ready(timeout)
+        _run(old, f"set -- {_quote(pid)}\n{_RESTART}", timeout=timeout)
+
+
+def fingerprint(keyline: str) -> str:
+    """OpenSSH's SHA256 fingerprint of "TYPE BASE64" (what ``ssh-keygen -lf`` prints)."""
+    blob = base64.b64decode(keyline.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _quote(*args: str) -> str:
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def rotate(core: Any, info: Any, progress: Callable[[str], None] | None = None) -> str | None:
@@ -143,10 +177,10 @@ def rotate(core: Any, info: Any, progress: Callable[[str], None] | None = None) 
     session = core.session(info)
     new = rotate_session(session, timeout=max(30.0, core.config.ssh.connect_timeout))
     core.store.update_sandbox(info.id, extra={"host_key": new})
-    core.store.audit("host_key", "rotated", info, key=new.split()[1][:16] + "...",
+    core.store.audit("host_key", "rotated", info, fingerprint=fingerprint(new),
                      seconds=round(time.monotonic() - started, 3))
     log.debug("%s: own host key %s in %.2fs", info.name, new[:40], time.monotonic() - started)
     return new
 
 
-__all__ = ["rotate", "rotate_session"]
+__all__ = ["rotate", "rotate_session", "fingerprint"]
