@@ -119,6 +119,7 @@ class FakeSession:
         self.ready_error = ready_error
         self.commands: list[str] = []
         self.scripts: list[str] = []          # raw scripts run with ``stream`` (copies, host-key rotation)
+        self.host_key = "ssh-ed25519 AAAAfake"
         self.files: dict[str, bytes] = {}
         self.closed = False
 
