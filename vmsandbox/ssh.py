@@ -537,10 +537,13 @@ def openssh_config(alias: str, port: int, user: str, key_path: Path, known_hosts
     """An OpenSSH client config block that reaches the guest with its pinned host key."""
     def arg(value: object) -> str:
         text = str(value)
+        # a newline or quote would end the value and start a directive of its own (ProxyCommand...)
+        if not text or '"' in text or not text.isprintable():
+            raise ConfigError(f"{text!r} cannot be written into an OpenSSH config", "ssh config")
         return f'"{text}"' if any(c.isspace() for c in text) else text
 
     return "\n".join([
-        f"Host {alias}",
+        f"Host {arg(alias)}",
         "    HostName 127.0.0.1",
         f"    Port {port}",
         f"    User {arg(user)}",

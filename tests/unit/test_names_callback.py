@@ -65,3 +65,11 @@ def test_create_and_clone_each_pin_their_own_host_key(core):
     assert kc not in (ka, kb) and core.fake_sessions[c].host_key == kc
     core.rollback(a, snap)
     assert core.get(a).extra["host_key"] == ka                    # rollback keeps the sandbox's key
+
+
+@pytest.mark.parametrize("user", ["root\n    ProxyCommand touch /tmp/pwned", 'ro"ot', "ro\x1bot", ""])
+def test_openssh_config_refuses_values_that_would_inject_directives(tmp_path, user):
+    from vmsandbox.ssh import openssh_config
+    with pytest.raises(ConfigError, match="OpenSSH config"):
+        openssh_config("vmsandbox-x", 2222, user, tmp_path / "key", tmp_path / "known")
+    assert "User root" in openssh_config("vmsandbox-x", 2222, "root", tmp_path / "k y", tmp_path / "known")
