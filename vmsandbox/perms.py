@@ -14,6 +14,7 @@ and reports every violation with the exact command that fixes it (``vmsandbox do
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import pwd
 import re
@@ -142,6 +143,12 @@ def check(state_dir: Path, box_dir: Optional[Path] = None) -> list[Violation]:
         qdirs |= {box_dir, *(p for p in box_dir.rglob("*") if p.is_dir())} if box_dir.is_dir() else set()
     found: list[Violation] = []
     uid = pwd.getpwnam(user).pw_uid if user else None
+    if user:
+        for parent in list(state_dir.resolve().parents)[::-1]:
+            if not _can_search(parent, user):
+                q = shlex.quote(str(parent))
+                found.append(Violation(str(parent), f"QEMU's user {user} cannot pass through it to reach the "
+                                                    f"state directory", f"setfacl -m u:{user}:x {q}"))
     for path in _walk(state_dir):
         st = path.lstat()
         q = shlex.quote(str(path))
@@ -190,6 +197,21 @@ def summary(state_dir: Path, box_dir: Optional[Path] = None) -> tuple[bool, str,
         fixes += [v.fix for v in files]
     fix = " && ".join(dict.fromkeys(fixes))
     return False, f"{len(found)} paths other users could read: {shown}{more}", fix
+
+
+def _can_search(path: Path, user: str) -> bool:
+    """Whether ``user`` may pass through directory ``path`` (mode bits, groups, ACL entry)."""
+    pw = pwd.getpwnam(user)
+    st = path.stat()
+    if st.st_uid == pw.pw_uid:
+        return bool(st.st_mode & 0o100)
+    acl = _acl_users(path)
+    if pw.pw_uid in acl:
+        return bool(acl[pw.pw_uid] & 1 and st.st_mode & 0o010)     # the group bits hold the ACL mask
+    groups = {pw.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    if st.st_gid in groups:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
 
 
 def _walk(root: Path) -> Iterable[Path]:

@@ -10,6 +10,14 @@ from vmsandbox import perms
 from vmsandbox.testing import fake_core
 
 
+@pytest.fixture(autouse=True)
+def reachable(monkeypatch, request):
+    """pytest's tmp directories sit under a 0700 directory QEMU cannot pass; only the test of
+    that very check sees it."""
+    if request.node.name != "test_a_parent_qemu_cannot_pass_is_reported":
+        monkeypatch.setattr(perms, "_can_search", lambda path, user: True)
+
+
 @pytest.fixture
 def core(tmp_path):
     """A fake core whose state directory holds nothing but what the core made."""
@@ -75,3 +83,19 @@ def test_qemu_search_acl_grants_only_search(tmp_path):
     assert perms._acl_users(d) == {pwd.getpwnam(user).pw_uid: 1}
     assert stat.S_IMODE(d.stat().st_mode) == 0o710        # the group bits show the ACL mask (--x)
     assert perms.check(d) == []                          # the state dir itself may carry QEMU's search
+
+
+def test_a_parent_qemu_cannot_pass_is_reported(tmp_path):
+    user = perms.qemu_user()
+    if user is None:
+        pytest.skip("QEMU runs as root here")
+    parent = tmp_path / "closed"
+    parent.mkdir(mode=0o700)
+    os.chmod(parent, 0o700)
+    sd = parent / "state"
+    sd.mkdir()
+    perms.prepare_state_dir(sd)
+    found = [v for v in perms.check(sd) if v.path == str(parent)]
+    assert found and found[0].fix == f"setfacl -m u:{user}:x {parent}"
+    subprocess.run(found[0].fix, shell=True, check=True)
+    assert [v for v in perms.check(sd) if v.path == str(parent)] == []
