@@ -105,13 +105,16 @@ def _new_key(kind: str, workdir: Path) -> tuple[bytes, str]:
 
 
 def _run(session: Any, script: str, stdin: bytes | None = None, timeout: float = 30) -> str:
+    if session.username != "root":          # a Vagrant box logs in as vagrant, with sudo
+        script = f"exec sudo -n sh -c {shlex.quote(script)}"
     out, err = bytearray(), bytearray()
     code = session.stream(script, [stdin] if stdin else None, out.extend, err.extend, timeout)
     if code != 0:
         from ._safe_text import visible
         raise ProviderError(f"host key rotation in the guest failed "
                             f"({'timed out' if code is None else f'exit {code}'}): "
-                            f"{visible(err.decode(errors='replace').strip())}")
+                            f"{visible(err.decode(errors='replace').strip())} (for a box whose SSH server "
+                            f"cannot take a new key, set ssh.own_host_key: false)")
     return out.decode(errors="replace")
 
 

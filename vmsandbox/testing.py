@@ -120,6 +120,7 @@ class FakeSession:
         self.commands: list[str] = []
         self.scripts: list[str] = []          # raw scripts run with ``stream`` (copies, host-key rotation)
         self.host_key = "ssh-ed25519 AAAAfake"
+        self.username = "root"
         self.files: dict[str, bytes] = {}
         self.closed = False
 
