@@ -137,6 +137,8 @@ def get(session: Channel, remote: str, local: Path, max_size: int, recursive: bo
             sink = _Sink(fh, max_size, what)
             code = session.stream(script, None, sink.write, _stderr_sink(stderr), None)
         _check(code, stderr, what)
+        if sink.header == "D" and not recursive:   # the guest writes the stream: it may lie
+            raise ProviderError(f"{what}: the guest sent a directory for a file copy")
         _place(sink.header, Path(part), local, remote, what)
     except OSError as exc:                # local disk full, a directory in the way...
         raise ProviderError(f"{what}: {exc.strerror or exc}") from exc
