@@ -174,3 +174,33 @@ def test_a_hostile_tar_stream_cannot_escape_or_plant_devices(tmp_path):
     with pytest.raises(ProviderError, match="bad archive"):
         filecopy._untar(evil, tmp_path / "into3", "test")
     assert not (tmp_path.parent / "escape").exists() and not Path("/abs").exists()
+
+
+class LyingGuest:
+    """A guest that answers every copy script with what it likes."""
+    host, port = "127.0.0.1", 0
+
+    def __init__(self, stdout: bytes, code: int = 0) -> None:
+        self.stdout, self.code = stdout, code
+
+    def stream(self, script, stdin_chunks, on_stdout, on_stderr, timeout):
+        for i in range(0, len(self.stdout), 1000):
+            on_stdout(self.stdout[i:i + 1000])
+        return self.code
+
+
+def test_a_guest_cannot_turn_a_file_copy_into_a_directory_or_set_id_mode(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("x/f")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(ProviderError, match="sent a directory for a file copy"):
+        filecopy.get(LyingGuest(b"D\n" + buf.getvalue()), "/x", tmp_path / "out", 1 << 20)
+    assert entries(tmp_path) == []
+    filecopy.get(LyingGuest(b"F 6777\nabc"), "/x", tmp_path / "out", 1 << 20)
+    assert (tmp_path / "out").read_bytes() == b"abc"
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) & 0o7000 == 0
+    with pytest.raises(ProviderError, match="no copy header"):
+        filecopy.get(LyingGuest(b"x" * 5000), "/x", tmp_path / "out2", 1 << 20)
+    assert entries(tmp_path) == ["out"]
