@@ -37,10 +37,6 @@ MISSING = 44              # exit code of the copy scripts for "no such file or d
 _ISDIR = 45               # ... for "is a directory" without recursive
 
 
-class CopyTooLarge(ResourceLimitError):
-    """A copy went past its size cap; nothing was kept."""
-
-
 def _umask() -> int:
     try:
         with open("/proc/self/status") as fh:
@@ -52,8 +48,8 @@ def _umask() -> int:
     return 0o022
 
 
-def _cap_error(what: str, limit: int) -> CopyTooLarge:
-    return CopyTooLarge(f"{what}: larger than the copy limit of {_human(limit)}; nothing was kept "
+def _cap_error(what: str, limit: int) -> ResourceLimitError:
+    return ResourceLimitError(f"{what}: larger than the copy limit of {_human(limit)}; nothing was kept "
                         f"(raise ssh.max_copy, or pass --max-size / max_size=)")
 
 
@@ -66,7 +62,7 @@ def _human(n: int) -> str:
 
 class _Sink:
     """Takes the script's header line ("F <octal mode>" or "D"), then writes the rest to ``fh``,
-    raising ``CopyTooLarge`` past ``limit`` bytes (which stops and kills the remote command)."""
+    raising ``ResourceLimitError`` past ``limit`` bytes (which stops and kills the remote command)."""
 
     def __init__(self, fh, limit: int, what: str) -> None:
         self.fh, self.limit, self.what = fh, limit, what
@@ -110,7 +106,7 @@ def _stderr_sink(buf: bytearray) -> Callable[[bytes], None]:
 def get(session: Channel, remote: str, local: Path, max_size: int, recursive: bool = False) -> Path:
     """Copy ``remote`` (a file, or a directory with ``recursive``) to ``local`` (or into it, when
     it is an existing directory). Returns the path written. Raises ``NotFoundError`` (no such remote
-    path or local directory), ``ConfigError`` (a directory without ``recursive``), ``CopyTooLarge``,
+    path or local directory), ``ConfigError`` (a directory without ``recursive``), ``ResourceLimitError`` (past the cap),
     ``ProviderError``. On any error or interruption nothing is left at ``local``."""
     local = Path(local)
     name = posixpath.basename(remote.rstrip("/")) or "root"
@@ -224,4 +220,4 @@ def _tree_size(root: Path) -> int:
     return total
 
 
-__all__ = ["get", "put", "CopyTooLarge", "MISSING"]
+__all__ = ["get", "put", "MISSING"]
