@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import grp
+import logging
 import os
 import pwd
 import re
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Optional
 
+log = logging.getLogger("vmsandbox.perms")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 #: sub-directories QEMU opens files in (by name); the state directory itself is on their path
@@ -79,7 +81,14 @@ def grant_search(path: Path, user: Optional[str]) -> None:
     """``path`` (a directory) becomes 0700 plus search (x) for ``user`` alone."""
     os.chmod(path, DIR_MODE)
     if user:
-        os.setxattr(path, _ACL_XATTR, _acl_bytes(pwd.getpwnam(user).pw_uid, 7, 1))
+        try:
+            os.setxattr(path, _ACL_XATTR, _acl_bytes(pwd.getpwnam(user).pw_uid, 7, 1))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            # no POSIX ACLs on this file system: everyone may pass through (doctor reports it)
+            log.warning("%s: the file system has no POSIX ACLs; mode 0711 so QEMU (%s) can pass", path, user)
+            os.chmod(path, 0o711)
 
 
 def private_dir(path: Path, qemu_search: bool = False) -> Path:
