@@ -99,3 +99,16 @@ def test_a_parent_qemu_cannot_pass_is_reported(tmp_path):
     assert found and found[0].fix == f"setfacl -m u:{user}:x {parent}"
     subprocess.run(found[0].fix, shell=True, check=True)
     assert [v for v in perms.check(sd) if v.path == str(parent)] == []
+
+
+def test_no_acl_support_falls_back_to_search_for_all(tmp_path, monkeypatch):
+    import errno
+    if perms.qemu_user() is None:
+        pytest.skip("QEMU runs as root here")
+
+    def no_acls(*args):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(perms.os, "setxattr", no_acls)
+    d = perms.private_dir(tmp_path / "nfs", qemu_search=True)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o711
+    assert [v.problem for v in perms.check(d)] == ["directory mode 711"]
