@@ -16,6 +16,7 @@ APT_PACKAGES=(
   syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
   iproute2 util-linux procps
   docker.io                                       # container sandboxes (dockerd, containerd, runc, docker-init)
+  acl                                             # setfacl, in the fixes `vmsandbox doctor` prints
 )
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from .perms import FILE_MODE, grant_search, private_dir, qemu_user
 from .exceptions import ConfigError, NotFoundError, ProviderError
 
 BOX_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -261,9 +262,7 @@ class BoxStore:
     @contextmanager
     def _staging(self, name: str) -> Iterator[Path]:
         """A temp directory inside the store, always removed; ``_finish`` moves the box out of it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.root.stat().st_mode & 0o005 != 0o005:
-            self.root.chmod(0o755)
+        private_dir(self.root, qemu_search=True)
         stage = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{name}-", dir=self.root))
         try:
             yield stage
@@ -426,11 +425,13 @@ def _check_private_key(key: Path) -> None:
 
 
 def _set_permissions(stage: Path, box_dir: Path) -> None:
-    """Directories 0755, files 0644 (QEMU runs as libvirt-qemu), the private key 0600."""
+    """Directories 0700 that QEMU's user may pass through, files 0600 (libvirt hands the image,
+    kernel and initrd to QEMU's user while a guest uses them; the image holds the box's host key)."""
+    user = qemu_user()
     for dirpath, dirnames, filenames in os.walk(stage):
-        os.chmod(dirpath, 0o755)
+        grant_search(Path(dirpath), user)
         for filename in filenames:
-            os.chmod(os.path.join(dirpath, filename), 0o644)
+            os.chmod(os.path.join(dirpath, filename), FILE_MODE)
     os.chmod(box_dir / KEY_FILE, 0o600)
 
 

@@ -163,10 +163,16 @@ class SSHSection:
     connect_timeout: Seconds = 10.0
     command_timeout: Seconds = 600.0             # default execute() timeout, seconds
     max_output: Annotated[Size, AfterValidator(_output_cap)] = "16M"   # per stream; beyond it output is dropped
+    max_copy: Size = "1G"                        # largest file or tree `cp` / put_file / get_file moves
+    own_host_key: Flag = True                    # give each sandbox and clone its own SSH host key
 
     @property
     def max_output_bytes(self) -> int:
         return parse_size(self.max_output)
+
+    @property
+    def max_copy_bytes(self) -> int:
+        return parse_size(self.max_copy)
 
 
 @section

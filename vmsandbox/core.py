@@ -57,7 +57,7 @@ class SandboxCore:
         self.config = load_config(config_path, config)
         sb = self.config.sandbox
         self.layout = Layout(sb.state_path, sb.domain_prefix)
-        self.layout.create()
+        self.layout.create(sb.box_path)
         self.state_dir = self.layout.state_dir
         self.store = Store(default_db_path(self.state_dir))
         self.provider = provider or load_provider(sb.provider, self.config, self.layout)
@@ -318,7 +318,13 @@ class SandboxCore:
             fn = getattr(importlib.import_module(module), func)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"cannot load {path!r}: {exc}", "safety.approval_callback") from exc
-        return bool(fn(assessment, info))
+        try:
+            return bool(fn(assessment, info))
+        except Exception as exc:     # a broken callback denies; the operator sees which one and why
+            self.store.audit("policy", "callback_failed", info, command=assessment.command, callback=path,
+                             error=f"{type(exc).__name__}: {exc}")
+            raise SecurityError(f"approval callback {path!r} failed ({type(exc).__name__}: {exc}); "
+                                f"the command was not run", assessment) from exc
 
     def _auto_snapshot(self, info: SandboxInfo, assessment) -> None:
         """Before a command rated MEDIUM or above: a disk-only automatic snapshot when
@@ -330,26 +336,36 @@ class SandboxCore:
                               metadata={"automatic": True, "reason": f"before: {assessment.command[:200]}",
                                         "level": assessment.risk_level.value})
 
-    def _command_session(self, sandbox_id: str, operation: str):
-        with self.layout.lock(self.store.get_sandbox(_ref(sandbox_id)).id, operation, shared=True,
+    def put_file(self, sandbox_id: str, local: str | os.PathLike, remote: str, max_size: int | None = None,
+                 recursive: bool = False) -> None:
+        """Copy a local file (a directory with ``recursive``) into the sandbox; at most ``max_size``
+        bytes (default ``ssh.max_copy``). See ``filecopy.put``."""
+        self._copy("copy_in", sandbox_id, lambda s, cap: s.put(Path(local), remote, max_size=cap, recursive=recursive),
+                   max_size, local=str(local), remote=remote)
+
+    def get_file(self, sandbox_id: str, remote: str, local: str | os.PathLike, max_size: int | None = None,
+                 recursive: bool = False) -> None:
+        """Copy a file (a directory with ``recursive``) out of the sandbox, to ``local`` or into it
+        when it is a directory; at most ``max_size`` bytes (default ``ssh.max_copy``); nothing is
+        left behind on failure. See ``filecopy.get``."""
+        self._copy("copy_out", sandbox_id, lambda s, cap: s.get(remote, Path(local), max_size=cap, recursive=recursive),
+                   max_size, remote=remote, local=str(local))
+
+    def _copy(self, operation: str, sandbox_id: str, run: Callable, max_size: int | None, **detail: Any) -> None:
+        cap = self.config.ssh.max_copy_bytes if max_size is None else max_size
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap <= 0:
+            raise ConfigError(f"{max_size!r} must be a positive number of bytes", "max_size")
+        with self.layout.lock(self.store.get_sandbox(_ref(sandbox_id)).id, "copy", shared=True,
                               wait=self.ops.lock_wait):
             info = self.store.get_sandbox(_ref(sandbox_id))
             require(info, "copy")
-            return info, self.sessions.get(info)
-
-    def put_file(self, sandbox_id: str, local: str | os.PathLike, remote: str) -> None:
-        """Copy a local file into the sandbox."""
-        if not Path(local).is_file():
-            raise NotFoundError(f"no local file {str(local)!r}")
-        info, session = self._command_session(sandbox_id, "copy")
-        session.put(Path(local), remote)
-        self.store.audit("copy_in", "ok", info, local=str(local), remote=remote)
-
-    def get_file(self, sandbox_id: str, remote: str, local: str | os.PathLike) -> None:
-        """Copy a file out of the sandbox."""
-        info, session = self._command_session(sandbox_id, "copy")
-        session.get(remote, Path(local))
-        self.store.audit("copy_out", "ok", info, remote=remote, local=str(local))
+            session = self.sessions.get(info)
+        try:
+            run(session, cap)
+        except SandboxError as exc:
+            self.store.audit(operation, "failed", info, error=str(exc), **detail)
+            raise
+        self.store.audit(operation, "ok", info, **detail)
 
     def ssh_target(self, sandbox_id: str, purpose: str = "ssh") -> tuple[SandboxInfo, Endpoint]:
         """Where an outside client (ssh, scp, ansible) connects to a running sandbox now; audited

@@ -31,16 +31,12 @@ class Layout:
         self.layers = self.state_dir / "layers"
         self.memory = self.state_dir / "memory"
 
-    def create(self) -> None:
-        """Make the directories (the layer and memory ones traversable by the QEMU user)."""
+    def create(self, box_dir: Path | None = None) -> None:
+        """Make the directories, private (0700), QEMU's user may only pass through to its files
+        (``perms``)."""
+        from .perms import prepare_state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.state_dir, 0o711)
-        for d in (self.sandboxes, self.logs):
-            d.mkdir(exist_ok=True)
-        self.locks.mkdir(mode=0o700, exist_ok=True)
-        for d in (self.layers, self.memory):
-            d.mkdir(exist_ok=True)
-            os.chmod(d, 0o711)
+        prepare_state_dir(self.state_dir, box_dir)
 
     # -- names ---------------------------------------------------------------------------
     @staticmethod

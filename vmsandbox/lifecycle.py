@@ -15,6 +15,8 @@ import time
 import uuid
 from typing import Any, Callable, Optional
 
+from .hostkeys import rotate as rotate_host_key
+from .perms import open_private, private_dir
 from .config import Config, parse_cpu, parse_size
 from .exceptions import ConfigError, SandboxError
 from .layers import LayerTree
@@ -77,9 +79,7 @@ class Lifecycle:
         except SandboxError as exc:
             self.store.audit("create", "rejected", sandbox_id=sid, sandbox_name=name, error=str(exc))
             raise ConfigError(str(exc), "name") from None
-        d = self.layout.sandbox_dir(info.id)
-        d.mkdir(mode=0o755)
-        os.chmod(d, 0o755)
+        private_dir(self.layout.sandbox_dir(info.id))
         return info
 
     # -- create --------------------------------------------------------------------------
@@ -105,6 +105,7 @@ class Lifecycle:
                 self.provider.start_machine(self.spec(info))
                 fault_point("create:started")
                 self.wait_ready(info, progress)
+                rotate_host_key(self.config, self.sessions, self.store, info, progress)   # its own, not the box's
                 with self.store.transaction(immediate=True):
                     info = self.store.update_sandbox(info.id, state=SandboxState.RUNNING)
                     self.store.journal_end(op)
@@ -123,7 +124,8 @@ class Lifecycle:
         kept = None
         if console.exists() and console.stat().st_size:
             kept = self.layout.kept_console_log(info.name, info.id)
-            shutil.copyfile(console, kept)
+            with open(console, "rb") as src, open_private(kept) as dst:
+                shutil.copyfileobj(src, dst)
         try:
             self.provider.destroy_machine(info.domain)
         except SandboxError as cleanup_exc:

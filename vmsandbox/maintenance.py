@@ -9,6 +9,7 @@ import shutil
 import time
 from typing import Any, Callable
 
+from .perms import summary as permission_summary
 from .config import Config
 from .exceptions import SandboxError, StateError
 from .layers import COLLECT, LayerTree
@@ -138,6 +139,7 @@ class Maintenance:
         checks.append(ProviderCheck("disk space", free > 2 << 30, f"{free / (1 << 30):.1f} GiB free in {state_dir}",
                                     "" if free > 2 << 30 else "free some disk space"))
         checks.append(ProviderCheck("state directory", os.access(state_dir, os.W_OK), str(state_dir)))
+        checks.append(ProviderCheck("state permissions", *permission_summary(state_dir, self.config.sandbox.box_path)))
         problems = self.tree.verify()
         checks.append(ProviderCheck("layer tree", not problems,
                                     "; ".join(problems) or f"{len(self.store.list_layers())} layers consistent",

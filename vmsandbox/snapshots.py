@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .hostkeys import rotate as rotate_host_key
 from .config import Config
 from .exceptions import ConfigError, NotFoundError, RollbackError, SandboxError, StateError
 from .layers import LayerTree
@@ -287,7 +288,7 @@ class SnapshotManager:
         started = time.monotonic()
         op = self.layout.new_operation_id()
         info = self.lifecycle.reserve(name, origin.box, row.cpu, row.memory, origin.disk, req, (op, "clone"),
-                                      cloned_from=row.id)
+                                      cloned_from=row.id, host_key=origin.host_key)
         try:
             with self.layout.lock(info.id, f"clone of {name!r}"):
                 ref = self.provider.new_layer(base.ref)
@@ -303,6 +304,7 @@ class SnapshotManager:
                 self.lifecycle.wait_ready(info, progress)
                 if row.has_memory:
                     self.provider.after_restore(self.sessions.get(info), spec, clone=True)
+                rotate_host_key(self.config, self.sessions, self.store, info, progress)  # not its origin's key
                 with self.store.transaction(immediate=True):
                     self.store.update_sandbox(info.id, state=SandboxState.RUNNING)
                     self.store.journal_end(op)

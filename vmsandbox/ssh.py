@@ -20,7 +20,6 @@ import re
 import select
 import shlex
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +28,8 @@ from pathlib import Path
 import paramiko
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from vmsandbox.filecopy import get as copy_out, put as copy_in
+from vmsandbox._safe_text import visible
 from vmsandbox.exceptions import (
     ConfigError, GuestUnreachableError, NotFoundError, ProviderError, SecurityError,
 )
@@ -46,7 +47,6 @@ _MAX_COMMANDS = 4                   # commands at once on one connection: dropbe
 _KILL_TIMEOUT = 2.0                 # how long the kill channel may take (each step)
 _PGID_GRACE = 2.0                   # after a timeout, how long to wait for the pgid line
 _CONSOLE_TAIL_LINES = 15
-_MISSING = 44                       # exit code our copy scripts use for "no such file/dir"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # Runs SCRIPT (passed as $1) in a new session that first prints its pid (= its process-group id)
@@ -137,6 +137,12 @@ class SSHSession:
         waited = time.monotonic() - started
         log.debug("ssh %s ready after %.2fs", self._where, waited)
         return waited
+
+    def repin(self, host_key: str) -> None:
+        """Pin another host key (the guest's key was rotated); the next connection must show it."""
+        with self._lock:
+            self.host_key = _normalize_keyline(host_key)
+            self._close_transport()
 
     def is_alive(self) -> bool:
         transport = self._transport
@@ -422,54 +428,26 @@ class SSHSession:
 
     # ----------------------------------------------------------------- file copy
 
-    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
-        """Copy the local file ``local`` to ``remote`` in the guest (optionally ``chmod mode``).
-
-        Raises ``NotFoundError`` when the local file or the remote directory is missing,
-        ``ProviderError`` when the guest cannot write the file.
-        """
-        local = Path(local)
-        if not local.is_file():
-            raise NotFoundError(f"no such local file: {local}")
-        target = shlex.quote(remote)
-        parent = shlex.quote(posixpath.dirname(remote) or ".")
-        script = (f"[ -d {parent} ] || {{ echo \"no such directory: \"{parent} >&2; exit {_MISSING}; }}; "
-                  f"cat > {target}")
-        if mode is not None:
-            script += f" && chmod {mode & 0o7777:o} {target}"
-        stderr = _CappedBuffer(64 << 10)
+    def put(self, local: Path, remote: str, mode: int | None = None, max_size: int = 1 << 30,
+            recursive: bool = False) -> None:
+        """Copy a local file (a directory with ``recursive``) to ``remote`` in the guest; see ``filecopy.put``."""
         started = time.monotonic()
-        with open(local, "rb") as source:
-            exit_code = self._run(script, iter(lambda: source.read(_CHUNK), b""),
-                                  lambda _chunk: None, stderr.write, None)
-        _raise_copy_error(exit_code, stderr.text(), f"put {local} -> {self._where}:{remote}")
+        copy_in(self, Path(local), remote, max_size, recursive, mode)
         log.debug("ssh %s put %s -> %s in %.3fs", self._where, local, remote, time.monotonic() - started)
 
-    def get(self, remote: str, local: Path) -> None:
-        """Copy ``remote`` from the guest to the local path ``local`` (written atomically).
-
-        Raises ``NotFoundError`` when the remote file or the local directory is missing,
-        ``ProviderError`` when the remote path is not a readable file.
-        """
-        local = Path(local)
-        if not local.parent.is_dir():
-            raise NotFoundError(f"no such local directory: {local.parent}")
-        source = shlex.quote(remote)
-        script = (f"[ -e {source} ] || {{ echo \"no such file: \"{source} >&2; exit {_MISSING}; }}; "
-                  f"[ -d {source} ] && {{ echo \"is a directory: \"{source} >&2; exit 1; }}; "
-                  f"exec cat {source}")
-        stderr = _CappedBuffer(64 << 10)
+    def get(self, remote: str, local: Path, max_size: int = 1 << 30, recursive: bool = False) -> Path:
+        """Copy ``remote`` from the guest to ``local`` (or into it); see ``filecopy.get``. Returns the path written."""
         started = time.monotonic()
-        fd, tmp_name = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as sink:
-                exit_code = self._run(script, None, sink.write, stderr.write, None)
-            _raise_copy_error(exit_code, stderr.text(), f"get {self._where}:{remote} -> {local}")
-            os.replace(tmp_name, local)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        log.debug("ssh %s get %s -> %s in %.3fs", self._where, remote, local, time.monotonic() - started)
+        written = copy_out(self, remote, Path(local), max_size, recursive)
+        log.debug("ssh %s get %s -> %s in %.3fs", self._where, remote, written, time.monotonic() - started)
+        return written
+
+    def stream(self, script: str, stdin_chunks: Iterable[bytes] | None, on_stdout: Callable[[bytes], None],
+               on_stderr: Callable[[bytes], None], timeout: float | None) -> int | None:
+        """Run a shell ``script`` as ``execute`` does, but with raw streams: stdin from ``stdin_chunks``,
+        every output chunk to the callbacks (one that raises stops and kills the script). Returns the
+        exit code (None on timeout)."""
+        return self._run(script, stdin_chunks, on_stdout, on_stderr, timeout)
 
 
 # --------------------------------------------------------------------- helpers
@@ -572,15 +550,6 @@ def _shell_script(command: str, working_dir: str | None, env: Mapping[str, str] 
     return prefix + command
 
 
-def _raise_copy_error(exit_code: int | None, stderr: str, what: str) -> None:
-    if exit_code == 0:
-        return
-    message = f"{what}: {stderr.strip() or f'exit code {exit_code}'}"
-    if exit_code == _MISSING:
-        raise NotFoundError(message)
-    raise ProviderError(message)
-
-
 def _load_private_key(path: Path) -> paramiko.PKey:
     try:
         return paramiko.PKey.from_path(path)
@@ -624,7 +593,7 @@ def _console_tail(console_log: Path | None) -> str:
             lines = handle.read().decode("utf-8", errors="replace").splitlines()[-_CONSOLE_TAIL_LINES:]
     except OSError as exc:
         return f"; console log {console_log} unreadable: {exc.strerror}"
-    tail = "\n".join(lines) if lines else "(empty)"
+    tail = visible("\n".join(lines), multiline=True) if lines else "(empty)"   # the guest wrote it
     return f"; console log: {console_log}, last lines:\n{tail}"
 
 
@@ -638,10 +607,13 @@ def openssh_config(alias: str, port: int, user: str, key_path: Path, known_hosts
     """An OpenSSH client config block that reaches the guest with its pinned host key."""
     def arg(value: object) -> str:
         text = str(value)
+        # a newline or quote would end the value and start a directive of its own (ProxyCommand...)
+        if not text or '"' in text or not text.isprintable():
+            raise ConfigError(f"{text!r} cannot be written into an OpenSSH config", "ssh config")
         return f'"{text}"' if any(c.isspace() for c in text) else text
 
     return "\n".join([
-        f"Host {alias}",
+        f"Host {arg(alias)}",
         "    HostName 127.0.0.1",
         f"    Port {port}",
         f"    User {arg(user)}",

@@ -487,8 +487,8 @@ def default_db_path(state_directory: Path) -> Path:
 
 
 def ensure_state_dir(path: Path) -> Path:
-    """Create the state directory, traversable by the QEMU user (0711)."""
+    """Create the state directory (0700; ``perms.prepare_state_dir`` lets QEMU's user pass through)."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o711)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
     return path

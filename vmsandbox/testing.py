@@ -20,6 +20,9 @@ class FakeSession:
         self.responses = responses or {}
         self.ready_error = ready_error
         self.commands: list[str] = []
+        self.scripts: list[str] = []          # raw scripts run with ``stream`` (copies, host-key rotation)
+        self.host_key = "ssh-ed25519 AAAAfake"
+        self.username = "root"
         self.files: dict[str, bytes] = {}
         self.closed = False
 
@@ -34,11 +37,25 @@ class FakeSession:
         self.commands.append(command)
         return self.responses.get(command, ExecutionResult(stdout="", stderr="", exit_code=0, duration=0.001))
 
-    def put(self, local, remote, mode=None) -> None:
+    def put(self, local, remote, mode=None, max_size=None, recursive=False) -> None:
         self.files[remote] = open(local, "rb").read()
 
-    def get(self, remote, local) -> None:
+    def get(self, remote, local, max_size=None, recursive=False):
         open(local, "wb").write(self.files[remote])
+        return local
+
+    def stream(self, script, stdin_chunks, on_stdout, on_stderr, timeout):
+        """Raw scripts: answers the host-key rotation as a dropbear guest would; others exit 0."""
+        self.scripts.append(script)
+        if "SSH listener" in script and "kill" not in script:
+            on_stdout(b"dropbear 100 /etc/dropbear/dropbear_ed25519_host_key\n")
+        for chunk in stdin_chunks or ():
+            self.files.setdefault("<stdin>", b"")
+            self.files["<stdin>"] += chunk
+        return 0
+
+    def repin(self, host_key) -> None:
+        self.host_key = host_key
 
     def is_alive(self) -> bool:
         return not self.closed

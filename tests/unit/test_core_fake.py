@@ -28,7 +28,7 @@ def test_create_execute_destroy(core):
     assert core.destroy(sid)
     assert leftovers(core) == ([], [], [])
     ops = [(r["operation"], r["outcome"]) for r in core.audit_log("build-1")]
-    assert ops == [("create", "ok"), ("execute", "ok"), ("destroy", "ok")]
+    assert ops == [("host_key", "rotated"), ("create", "ok"), ("execute", "ok"), ("destroy", "ok")]
 
 
 def test_fractional_cpu_becomes_quota(core):

@@ -382,7 +382,7 @@ def test_copy_errors(session, tmp_path):
     with pytest.raises(NotFoundError, match="no such file"):
         session.get(str(tmp_path / "absent"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []                # no partial file left behind
-    with pytest.raises(ProviderError, match="is a directory"):
+    with pytest.raises(ConfigError, match="is a directory.*-r"):
         session.get(str(tmp_path), tmp_path / "out")
     with pytest.raises(NotFoundError, match="no such local directory"):
         session.get("/etc/hostname", tmp_path / "nope" / "out")
@@ -390,10 +390,12 @@ def test_copy_errors(session, tmp_path):
     source.write_bytes(os.urandom(1 << 20))
     with pytest.raises(NotFoundError, match="no such directory"):
         session.put(source, str(tmp_path / "nodir" / "file"))
+    (tmp_path / "into").mkdir()
     with pytest.raises(NotFoundError, match="no such local file"):
         session.put(tmp_path / "absent", "/tmp/x")
-    with pytest.raises(ProviderError):
-        session.put(source, str(tmp_path))              # a directory is not a file
+    session.put(source, str(tmp_path / "into"))          # an existing directory: the file goes in it
+    with pytest.raises(ConfigError, match="is a directory"):
+        session.put(tmp_path, "/tmp/x")                 # a directory needs recursive
 
 
 # ------------------------------------------------------------------ OpenSSH client config

@@ -11,8 +11,9 @@ import logging
 
 import click
 
+from .._safe_text import SafeFormatter
 from ..exceptions import SandboxError
-from ._context import AppContext, exit_code_for
+from ._context import AppContext, exit_code_for, say
 
 
 class VmsandboxGroup(click.Group):
@@ -22,7 +23,7 @@ class VmsandboxGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SandboxError as exc:
-            click.echo(f"error: {exc}", err=True)
+            say(f"error: {exc}", err=True)
             ctx.exit(exit_code_for(exc))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -38,8 +39,9 @@ class VmsandboxGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, state_dir: str | None, verbose: int) -> None:
     """Throwaway VM sandboxes: create, exec, snapshot, roll back, destroy."""
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()           # log lines quote guests and commands: escape them
+    handler.setFormatter(SafeFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], handlers=[handler])
     ctx.obj = AppContext(config_path, state_dir)
     ctx.call_on_close(ctx.obj.close)
 

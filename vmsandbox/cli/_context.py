@@ -1,4 +1,9 @@
-"""Shared CLI plumbing: the lazily built SandboxCore, JSON/table output, and error handling."""
+"""Shared CLI plumbing: the lazily built SandboxCore, JSON/table output, and error handling.
+
+Every line vmsandbox itself prints goes through ``say``, ``table``, ``status``/``progress`` or
+``fail`` here: they show any text literally (never as rich markup) with control characters made
+visible (``_safe_text.visible``), so no name, note, command, path or guest output can restyle,
+hide or crash a view. (``exec`` streams the command's own output untouched: that is its job.)"""
 from __future__ import annotations
 
 import json
@@ -8,6 +13,9 @@ from typing import Any, Optional
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from .._safe_text import visible
 
 from ..exceptions import (CommandTimeout, ConfigError, NotFoundError, ResourceLimitError, SandboxError,
                           SecurityError, StateError)
@@ -75,15 +83,47 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    t = Table(title=title)
+#: longest cell a table shows (the rest is cut, with a count)
+CELL_MAX = 300
+
+
+def literal(value: Any, max_line: int = CELL_MAX) -> Text:
+    """A table cell or status line: ``value`` shown literally, one line, controls escaped.
+    A ``Text`` the caller built itself (styled on purpose) is kept as it is."""
+    if isinstance(value, Text):
+        return value
+    return Text("" if value is None else visible(value, max_line=max_line))
+
+
+def safe_table(columns: list[str], title: str | None = None) -> Table:
+    """A rich table whose title and headers cannot be read as markup; add rows with ``add_row``."""
+    t = Table(title=literal(title) if title else None)
     for c in columns:
-        t.add_column(c)
+        t.add_column(literal(c))
+    return t
+
+
+def add_row(t: Table, row: list[Any]) -> None:
+    t.add_row(*(literal(v) for v in row))
+
+
+def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    t = safe_table(columns, title)
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        add_row(t, r)
     out.print(t)
 
 
+def say(message: Any, err: bool = False) -> None:
+    """Print one message (it may span lines, e.g. a console tail) with controls escaped."""
+    click.echo(visible(message, multiline=True), err=err)
+
+
+def status(message: Any):
+    """A live status line (rich) for progress, fed with ``literal`` text only."""
+    return console.status(literal(message, max_line=200))
+
+
 def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
+    say(f"error: {message}", err=True)
     sys.exit(code)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..exceptions import SandboxError
-from ._context import console, get_box_store, get_core, print_json, table
+from ._context import console, get_box_store, get_core, literal, print_json, say, status, table
 
 
 @click.group("box")
@@ -26,16 +26,16 @@ def build_cmd(ctx: click.Context, recipe: str, name: str | None, force: bool, as
     store = get_box_store(ctx)
     if force:
         get_core(ctx).require_box_unused(name or recipe)
-    with console.status(f"building box from recipe {recipe!r}") as status:
+    with status(f"building box from recipe {recipe!r}") as line:
         def progress(message: str) -> None:
-            status.update(f"{recipe}: {message}")
-            console.print(f"  {message}")
+            line.update(literal(f"{recipe}: {message}", max_line=200))
+            console.print(literal(f"  {message}", max_line=2000))
         new_box = store.build(recipe, name=name, progress=progress, force=force)
         image = _container_image(new_box, progress)
     if as_json:
         print_json(new_box.to_dict())
     else:
-        click.echo(f"box {new_box.name!r} built at {new_box.path}" + (f"; container image {image}" if image else ""))
+        say(f"box {new_box.name!r} built at {new_box.path}" + (f"; container image {image}" if image else ""))
 
 
 def _container_image(new_box, progress) -> str | None:
@@ -86,12 +86,12 @@ def import_cmd(ctx: click.Context, file: Path, name: str, ssh_user: str, ssh_key
     """Import a Vagrant libvirt .box file."""
     if force:
         get_core(ctx).require_box_unused(name)
-    with console.status(f"importing {file.name}"):
+    with status(f"importing {file.name}"):
         new_box = get_box_store(ctx).import_box(file, name, ssh_user=ssh_user, ssh_key=ssh_key, force=force)
     if as_json:
         print_json(new_box.to_dict())
     else:
-        click.echo(f"box {new_box.name!r} imported at {new_box.path}")
+        say(f"box {new_box.name!r} imported at {new_box.path}")
 
 
 @box.command("remove")
@@ -100,7 +100,7 @@ def import_cmd(ctx: click.Context, file: Path, name: str, ssh_user: str, ssh_key
 def remove_cmd(ctx: click.Context, name: str) -> None:
     """Delete a stored box (refused while sandboxes stand on it)."""
     get_core(ctx).remove_box(name)
-    click.echo(f"box {name!r} removed")
+    say(f"box {name!r} removed")
 
 
 COMMANDS = [box]

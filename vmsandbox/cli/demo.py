@@ -6,10 +6,12 @@ import time
 import click
 
 from ..exceptions import SecurityError
+from .._safe_text import visible
+from ._context import say
 
 
 def _step(title: str) -> None:
-    click.secho(f"==> {title}", bold=True)
+    click.secho(visible(f"==> {title}"), bold=True)
 
 
 def run_demo(core, box: str | None = None, keep: bool = False) -> None:
@@ -20,29 +22,29 @@ def run_demo(core, box: str | None = None, keep: bool = False) -> None:
     _step(f"create sandbox {name}")
     t = time.monotonic()
     sid = core.create_sandbox(name, cfg, progress=_stage_printer())
-    click.echo(f"    up in {time.monotonic() - t:.1f} s (accelerator: {core.provider.accelerator()[0]})")
+    say(f"    up in {time.monotonic() - t:.1f} s (accelerator: {core.provider.accelerator()[0]})")
     try:
         for cmd in ("uname -a", "echo hello from $(hostname); id -u", "df -h / | tail -1"):
             _step(f"exec: {cmd}")
             r = core.execute(sid, cmd)
-            click.echo(f"    exit {r.exit_code} in {r.duration * 1000:.0f} ms")
+            say(f"    exit {r.exit_code} in {r.duration * 1000:.0f} ms")
             for line in r.stdout.rstrip().splitlines():
-                click.echo(f"    | {line}")
+                say(f"    | {line}")
         _step("policy: try `rm -rf /`")
         try:
             core.execute(sid, "rm -rf /")
         except SecurityError as exc:
-            click.echo(f"    {exc}")
+            say(f"    {exc}")
         if hasattr(core, "create_snapshot"):
             _demo_snapshot(core, sid)
     finally:
         if keep:
-            click.echo(f"kept {name}; destroy it with `vmsandbox destroy {name}`")
+            say(f"kept {name}; destroy it with `vmsandbox destroy {name}`")
         else:
             _step(f"destroy {name}")
             t = time.monotonic()
             core.destroy(sid)
-            click.echo(f"    gone in {time.monotonic() - t:.1f} s")
+            say(f"    gone in {time.monotonic() - t:.1f} s")
 
 
 def _stage_printer():
@@ -53,7 +55,7 @@ def _stage_printer():
         stage = message.split("(")[0].strip()
         if stage != last[0]:
             last[0] = stage
-            click.echo(f"    {stage}")
+            say(f"    {stage}")
     return progress
 
 
@@ -62,11 +64,11 @@ def _demo_snapshot(core, sid: str) -> None:
     core.execute(sid, "mkdir -p /work && echo precious > /work/state.txt && echo in-memory > /tmp/note")
     t = time.monotonic()
     snap = core.create_snapshot(sid, "before-risky-operation")
-    click.echo(f"    snapshot {snap} in {time.monotonic() - t:.2f} s")
+    say(f"    snapshot {snap} in {time.monotonic() - t:.2f} s")
     core.execute(sid, "rm -f /work/state.txt /tmp/note; echo damaged > /work/other.txt")
-    click.echo(f"    after damage: /work holds {core.execute(sid, 'ls /work').stdout.split()}")
+    say(f"    after damage: /work holds {core.execute(sid, 'ls /work').stdout.split()}")
     _step("roll back")
     t = time.monotonic()
     core.rollback(sid, snap)
     r = core.execute(sid, "cat /work/state.txt /tmp/note; ls /work")
-    click.echo(f"    rolled back and ran a command in {time.monotonic() - t:.2f} s: {r.stdout.split()}")
+    say(f"    rolled back and ran a command in {time.monotonic() - t:.2f} s: {r.stdout.split()}")

@@ -11,7 +11,7 @@ from typing import Iterable, Optional
 import click
 
 from ..exceptions import ConfigError
-from ._context import get_core, out, print_json, table
+from ._context import add_row, get_core, out, print_json, safe_table, table
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _COLUMNS = ["NAME", "STATE", "HEALTH", "CPU %", "MEMORY", "DISK", "NET RX/TX", "SSH", "UPTIME", "ALERTS"]
@@ -144,17 +144,15 @@ def _start_watchdog(core):
 
 
 def _top_table(healths: Iterable):
-    from rich.table import Table
-    t = Table(title=f"vmsandbox top  {time.strftime('%H:%M:%S')}")
-    for c in _COLUMNS:
-        t.add_column(c)
+    from rich.text import Text
+    t = safe_table(_COLUMNS, title=f"vmsandbox top  {time.strftime('%H:%M:%S')}")
     colour = {"HEALTHY": "green", "DEGRADED": "yellow", "UNHEALTHY": "red"}
     for h in healths:
         m = h.metrics
-        t.add_row(h.sandbox, m.state, f"[{colour[h.status.value]}]{h.status.value}[/]", _pct(m.cpu_percent),
+        add_row(t, [h.sandbox, m.state, Text(h.status.value, style=colour[h.status.value]), _pct(m.cpu_percent),
                   _of(m.memory_used, m.memory_total), _of(m.disk_used, m.disk_limit),
                   f"{_size(m.net_rx)}/{_size(m.net_tx)}", _ssh(m.ssh_ok), _duration(m.uptime),
-                  ", ".join(a.kind for a in h.alerts))
+                  ", ".join(a.kind for a in h.alerts)])
     return t
 
 

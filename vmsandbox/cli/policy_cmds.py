@@ -14,8 +14,9 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from .._safe_text import visible
 from ..config import load_config
-from ._context import AppContext
+from ._context import AppContext, say
 from ..exceptions import ConfigError
 from ..safety import RiskAssessment, RiskLevel, SafetyValidator
 
@@ -29,15 +30,16 @@ def render(assessment: RiskAssessment, decision: str) -> list[Text]:
     """Lines for people: level and decision, reason, then each finding under its highlighted span."""
     level = assessment.risk_level
     lines = [Text.assemble(("Level: ", "bold"), (level.value, _STYLES[level]), f"  (decision: {decision})"),
-             Text(assessment.reason)]
+             Text(visible(assessment.reason))]
     cmd = assessment.command
     for f in assessment.findings:
         lines.append(Text.assemble("\n", (f"[{f.risk_level.value}] ", _STYLES[f.risk_level]), (f.rule_id, "bold"),
-                                   f": {f.message}"))
+                                   visible(f": {f.message}")))
         if f.span is not None and 0 <= f.span[0] <= f.span[1] <= len(cmd):
-            shown = Text("    " + cmd)
-            shown.stylize("reverse " + _STYLES[f.risk_level].replace("bold ", ""), 4 + f.span[0], 4 + f.span[1])
-            lines.append(shown)
+            # each part escaped on its own, so the highlight still covers the matching text
+            style = "reverse " + _STYLES[f.risk_level].replace("bold ", "")
+            lines.append(Text.assemble("    ", visible(cmd[:f.span[0]]), (visible(cmd[f.span[0]:f.span[1]]), style),
+                                       visible(cmd[f.span[1]:])))
     return lines
 
 
@@ -56,7 +58,7 @@ def validate(ctx: click.Context, command: str, as_json: bool, config_path: str |
         parent = ctx.find_object(AppContext)
         validator = SafetyValidator(load_config(config_path or (parent.config_path if parent else None)))
     except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
+        say(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG_ERROR)
     assessment = validator.validate_command(command)
     decision = validator.decide(assessment)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 
 import click
 import yaml
 
-from ._context import console, get_core, app, print_json, table
+from ._context import get_core, app, literal, print_json, say, status as status_line, table
 
 COMMANDS: list[click.Command] = []
 
@@ -28,11 +30,11 @@ def _progress_runner(json_out: bool):
     """A progress callback shown as a live status line to people, silent for machines."""
     if json_out or not sys.stderr.isatty():
         return None, None
-    status = console.status("starting")
+    status = status_line("starting")
     start = time.monotonic()
 
     def progress(msg: str) -> None:
-        status.update(f"{msg}  [{time.monotonic() - start:.1f} s]")
+        status.update(literal(f"{msg}  [{time.monotonic() - start:.1f} s]", max_line=200))
     return status, progress
 
 
@@ -86,7 +88,7 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
         endpoint = core.sessions.endpoint(info)
         where = (f"ssh on 127.0.0.1:{endpoint.port}" if hasattr(endpoint, "port")
                  else f"{info.provider} machine {info.domain}")
-        click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; {where}")
+        say(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; {where}")
 
 
 @command("list")
@@ -114,7 +116,7 @@ def show(ctx, name, json_out):
         print_json(info.to_dict())
     else:
         for k, v in info.to_dict().items():
-            click.echo(f"{k:14} {v}")
+            say(f"{k:14} {v}")
 
 
 @command("exec", context_settings={"ignore_unknown_options": True})
@@ -166,21 +168,43 @@ def _writer(stream):
 @command("cp")
 @click.argument("src")
 @click.argument("dst")
+@click.option("-r", "--recursive", is_flag=True, help="Copy a directory and everything in it.")
+@click.option("--max-size", default=None, help="Refuse to copy more than this (e.g. 100M; default: ssh.max_copy).")
 @click.pass_context
-def cp(ctx, src, dst):
-    """Copy a file in or out: `cp FILE NAME:/path` or `cp NAME:/path FILE`."""
+def cp(ctx, src, dst, recursive, max_size):
+    """Copy a file in or out: `cp FILE NAME:/path` or `cp NAME:/path FILE` (into DIR when it is one).
+
+    What arrives appears whole or not at all: an interrupted or refused copy (Ctrl-C, SIGTERM,
+    --max-size) leaves no partial file. Permission bits are kept."""
+    from ..config import parse_size
+    cap = parse_size(max_size, "--max-size") if max_size is not None else None
     core = get_core(ctx)
-    if ":" in dst and ":" not in src:
-        name, remote = dst.split(":", 1)
-        core.put_file(name, src, remote)
-    elif ":" in src and ":" not in dst:
-        name, remote = src.split(":", 1)
-        core.get_file(name, remote, dst)
-    else:
-        raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
+    with _terminate_as_exception():
+        if ":" in dst and ":" not in src:
+            name, remote = dst.split(":", 1)
+            core.put_file(name, src, remote, max_size=cap, recursive=recursive)
+        elif ":" in src and ":" not in dst:
+            name, remote = src.split(":", 1)
+            core.get_file(name, remote, dst, max_size=cap, recursive=recursive)
+        else:
+            raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
+
+
+@contextmanager
+def _terminate_as_exception():
+    """SIGTERM and SIGHUP raise SystemExit here, so clean-up code (``finally``) runs as on Ctrl-C."""
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _ssh_files(core, name, purpose):
+    from ..perms import write_private
     from ..ssh import known_hosts_line, openssh_config
     info, endpoint = core.ssh_target(name, purpose)
     if not hasattr(endpoint, "port"):
@@ -189,7 +213,7 @@ def _ssh_files(core, name, purpose):
     if not endpoint.host_key:
         raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
     known = core.layout.sandbox_dir(info.id) / "known_hosts"
-    known.write_text(known_hosts_line(endpoint.port, endpoint.host_key) + "\n")
+    write_private(known, known_hosts_line(endpoint.port, endpoint.host_key) + "\n")
     alias = f"vmsandbox-{info.name}"
     return info, alias, openssh_config(alias, endpoint.port, endpoint.user, endpoint.key_path, known)
 
@@ -212,7 +236,7 @@ def ssh(ctx, name, args):
     core = get_core(ctx)
     info, alias, block = _ssh_files(core, name, "ssh")
     cfg = core.layout.sandbox_dir(info.id) / "ssh_config"
-    cfg.write_text(block)
+    write_private(cfg, block)
     os.execvp("ssh", ["ssh", "-F", str(cfg), alias, *args])
 
 
@@ -222,7 +246,7 @@ def _power_command(op: str, help_text: str):
     @click.pass_context
     def _cmd(ctx, name):
         info = getattr(get_core(ctx), op)(name)
-        click.echo(f"{info.name}: {info.state.value}")
+        say(f"{info.name}: {info.state.value}")
     return _cmd
 
 
@@ -241,7 +265,7 @@ def destroy(ctx, names):
     core = get_core(ctx)
     for n in names:
         core.destroy(n)
-        click.echo(f"destroyed {n}")
+        say(f"destroyed {n}")
 
 
 @command("gc")
@@ -255,7 +279,7 @@ def gc(ctx, dry_run, json_out):
         print_json(done)
     else:
         for line in done:
-            click.echo(("would remove " if dry_run else "removed ") + line)
+            say(("would remove " if dry_run else "removed ") + line)
         if not done:
             click.echo("nothing to remove")
 
@@ -286,7 +310,7 @@ def audit(ctx, sandbox, limit, json_out):
         return
     table(["TIME", "SANDBOX", "OPERATION", "OUTCOME", "DETAIL"],
           [[datetime.fromtimestamp(r["ts"]).strftime("%H:%M:%S"), r["sandbox"], r["operation"], r["outcome"],
-            ", ".join(f"{k}={v}" for k, v in r["detail"].items())[:120]] for r in rows])
+            ", ".join(f"{k}={v}" for k, v in r["detail"].items())] for r in rows])
 
 
 @click.group("config")

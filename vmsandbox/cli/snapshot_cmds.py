@@ -6,7 +6,7 @@ from datetime import datetime
 
 import click
 
-from ._context import get_core, print_json, table
+from ._context import get_core, print_json, say, table
 
 
 @click.group("snapshot")
@@ -31,7 +31,7 @@ def snapshot_create(ctx, name, snapshot_name, disk_only, reason, json_out):
     if json_out:
         print_json({"id": sid, "name": snapshot_name, "seconds": round(took, 3)})
     else:
-        click.echo(f"snapshot {snapshot_name} ({sid}) of {name} in {took * 1000:.0f} ms")
+        say(f"snapshot {snapshot_name} ({sid}) of {name} in {took * 1000:.0f} ms")
 
 
 @snapshot.command("list")
@@ -57,7 +57,7 @@ def snapshot_list(ctx, name, json_out):
 def snapshot_delete(ctx, name, snapshot_ref):
     """Delete a snapshot (its disk layer is kept while anything stands on it)."""
     get_core(ctx).delete_snapshot(name, snapshot_ref)
-    click.echo(f"deleted snapshot {snapshot_ref} of {name}")
+    say(f"deleted snapshot {snapshot_ref} of {name}")
 
 
 @click.command("rollback")
@@ -74,7 +74,7 @@ def rollback(ctx, name, snapshot_ref, json_out):
     if json_out:
         print_json({"sandbox": name, "snapshot": snapshot_ref, "seconds": round(took, 3)})
     else:
-        click.echo(f"rolled {name} back to {snapshot_ref} in {took:.2f} s")
+        say(f"rolled {name} back to {snapshot_ref} in {took:.2f} s")
 
 
 @click.command("clone")
@@ -98,7 +98,7 @@ def clone(ctx, snapshot_ref, new_name, network_mode, persistent, json_out):
     if json_out:
         print_json({**info.to_dict(), "seconds": round(time.monotonic() - t, 3)})
     else:
-        click.echo(f"cloned {snapshot_ref} as {new_name} ({sid}) in {time.monotonic() - t:.1f} s; "
+        say(f"cloned {snapshot_ref} as {new_name} ({sid}) in {time.monotonic() - t:.1f} s; "
                    f"ssh on 127.0.0.1:{info.ssh_port}")
 
 

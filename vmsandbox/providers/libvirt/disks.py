@@ -31,7 +31,7 @@ def create_overlay(path: Path, backing: Path, size_bytes: int | None = None) -> 
     if size_bytes:
         args.append(str(size_bytes))
     _run(args)
-    os.chmod(path, 0o644)
+    os.chmod(path, 0o600)       # the guest's data: libvirt hands it to QEMU's user while it runs
 
 
 def info(path: Path, chain: bool = False) -> dict | list:
