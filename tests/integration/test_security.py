@@ -58,7 +58,7 @@ def test_state_directory_stays_private_through_a_full_lifecycle(env):
     snap = core.create_snapshot(sid, "with-memory")                        # raw .save, compressed later
     walk("memory snapshot")
     core.snapshots.wait_background()
-    mem = core.store.get_snapshot(snap)["memory_path"]
+    mem = core.store.get_snapshot(snap).memory_ref
     assert mem.endswith(".save.zst") and stat.S_IMODE(os.stat(mem).st_mode) == 0o600
     walk("compression")
     core.execute(sid, "echo changed > /root/d")
