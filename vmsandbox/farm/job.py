@@ -127,6 +127,8 @@ def run_job(core, job: Mapping | JobSpec, ctx: Mapping, control: Control | None 
                 try:
                     return _attempt(core, spec, ctx, control, job_dir, n)
                 except INFRA_ERRORS as exc:
+                    if control.cancelled.is_set():      # the scheduler destroyed the clone
+                        raise Interrupted() from exc
                     infra_retries += 1
                     attempts.append({"status": "error", "reason": f"infrastructure: {exc}"})
                     control.state(spec.name, "retrying", reason=str(exc))

@@ -151,7 +151,7 @@ class Farm:
             result.duration = round(time.monotonic() - t0, 3)
             result.reports = _write_reports(result, reports or {})
             history.finish_run(run_id, result.status, {**result.counts(), "duration": result.duration,
-                                                       "error": result.error}, result.reports)
+                                                       "message": result.error}, result.reports)
             for j in result.jobs:
                 if j["status"] == "skipped":
                     history.job_update(run_id, j["name"], "skipped", outcome=j)
