@@ -120,12 +120,15 @@ def run_job(core, job: Mapping | JobSpec, ctx: Mapping, control: Control | None 
     error = ""
     try:
         for test_try in range(spec.retry_on_failure + 1):
+            # only the last test run's failure is kept; earlier failed clones are destroyed
+            actx = {**ctx, "keep": ctx.get("keep", True) and test_try == spec.retry_on_failure}
+
             def one() -> _Attempt:
                 nonlocal infra_retries
                 control.check()
                 n = len(attempts)
                 try:
-                    return _attempt(core, spec, ctx, control, job_dir, n)
+                    return _attempt(core, spec, actx, control, job_dir, n)
                 except INFRA_ERRORS as exc:
                     if control.cancelled.is_set():      # the scheduler destroyed the clone
                         raise Interrupted() from exc

@@ -103,13 +103,13 @@ class _Lines:
         self.lines: dict[str, int] = {}
 
     def error(self, path: str, message: str) -> ConfigError:
-        line = self.lines.get(path)
-        while line is None and path:
-            path_up = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", path)
-            if path_up == path:
+        line, up = self.lines.get(path), path
+        while line is None and up:          # a missing key: the line of its parent
+            parent = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", up)
+            if parent == up:
                 break
-            path = path_up
-            line = self.lines.get(path)
+            up = parent
+            line = self.lines.get(up)
         where = f" ({self.source} line {line})" if line else f" ({self.source})"
         return ConfigError(message + where, path or "farm")
 
@@ -175,6 +175,8 @@ def _number(v: Any, path: str, lines: _Lines, minimum: float = 0, integer: bool 
 
 
 def _string(v: Any, path: str, lines: _Lines, empty: bool = False) -> str:
+    if v is None:
+        raise lines.error(path, "missing (a non-empty string)")
     if not isinstance(v, str) or (not empty and not v.strip()):
         raise lines.error(path, f"{v!r} must be a non-empty string")
     return v
