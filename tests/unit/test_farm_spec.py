@@ -125,3 +125,16 @@ def test_no_jobs_is_an_error():
 def test_job_spec_round_trips_through_json(farm_dir):
     for job in parse(farm_dir, GOOD).jobs:
         assert JobSpec.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+def test_cli_names_the_bad_key_in_one_line_and_exits_2(farm_dir):
+    from click.testing import CliRunner
+
+    from vmsandbox.cli import cli
+    (farm_dir / "farm.yaml").write_text(GOOD.replace("    run: \"cd /work/src && sh run-tests.sh lint\"",
+                                                     "    rnu: x"))
+    r = CliRunner().invoke(cli, ["--state-dir", str(farm_dir / "state"), "farm", "run", str(farm_dir / "farm.yaml")])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "error: jobs[1].rnu: unknown key 'rnu' (known: name, run, env, timeout, artifacts, artifacts_max, retries, "
+        "retry_on_failure, keep_failed, keep_failed_ttl, workdir) (farm.yaml line 12)"]

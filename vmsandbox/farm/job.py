@@ -192,11 +192,19 @@ def _attempt(core, spec: JobSpec, ctx: Mapping, control: Control, job_dir: Path,
         result = _run(core, sid, spec, control, job_dir, t0)
         result.sandbox = name
         if not result.policy_blocked:
-            _collect_artifacts(core, sid, spec, job_dir, result)
+            try:
+                _collect_artifacts(core, sid, spec, job_dir, result)
+            except SandboxError as exc:     # the job's result stands; its artifacts are incomplete
+                control.check()
+                result.notes.append(f"artifacts could not be copied: {exc}")
         control.check()
         if result.status == "failed" and spec.keep_failed and not result.policy_blocked and ctx.get("keep", True):
-            result.kept = _keep(core, sid, name, spec, ctx)
-            keep = True
+            try:
+                result.kept = _keep(core, sid, name, spec, ctx)
+                keep = True
+            except SandboxError as exc:
+                control.check()
+                result.notes.append(f"the failed state could not be kept: {exc}")
         return result
     finally:
         if not keep:
