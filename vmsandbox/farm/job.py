@@ -49,13 +49,23 @@ class Control:
 
     ``cancelled`` is set to stop the job; ``on_state(job, state, info)`` reports progress;
     ``on_sandbox(job, sandbox_id)`` names each clone as soon as it exists, so an interrupted
-    scheduler can destroy it from outside."""
+    scheduler can destroy it from outside; ``dispose(sandbox_id)`` takes clones to destroy."""
 
     def __init__(self, on_state: Callable[[str, str, dict], None] | None = None,
-                 on_sandbox: Callable[[str, str | None], None] | None = None) -> None:
+                 on_sandbox: Callable[[str, str | None], None] | None = None,
+                 dispose: Callable[[str], None] | None = None) -> None:
         self.cancelled = threading.Event()
         self._on_state = on_state
         self._on_sandbox = on_sandbox
+        self._dispose = dispose
+
+    def dispose(self, core, sandbox_id: str) -> None:
+        """Destroy a clone that is no longer needed: inline, or handed to the scheduler's reaper
+        (a destroy waits 1-2 s for QEMU to be reaped; the job's slot need not wait with it)."""
+        if self._dispose:
+            self._dispose(sandbox_id)
+        else:
+            destroy_clone(core, sandbox_id)
 
     def state(self, job: str, state: str, **info: Any) -> None:
         if self._on_state:
@@ -207,9 +217,9 @@ def _attempt(core, spec: JobSpec, ctx: Mapping, control: Control, job_dir: Path,
                 result.notes.append(f"the failed state could not be kept: {exc}")
         return result
     finally:
-        if not keep:
-            _destroy(core, sid)
         control.sandbox(spec.name, None)
+        if not keep:
+            control.dispose(core, sid)
 
 
 def _run(core, sid: str, spec: JobSpec, control: Control, job_dir: Path, t0: float) -> _Attempt:
@@ -322,7 +332,7 @@ def _keep(core, sid: str, name: str, spec: JobSpec, ctx: Mapping) -> dict:
             "command": f"{vm} clone {snap} {debug} && {vm} ssh {debug}"}
 
 
-def _destroy(core, sid: str) -> None:
+def destroy_clone(core, sid: str) -> None:
     try:
         core.destroy(sid)
     except NotFoundError:

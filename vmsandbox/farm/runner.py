@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 from ..exceptions import ConfigError, NotFoundError, SandboxError
 from .base import prepare_base
 from .history import History, history_path
-from .job import Control, run_job
+from .job import Control, destroy_clone, run_job
 from .spec import FarmSpec, load_farm
 
 log = logging.getLogger("vmsandbox.farm")
@@ -188,9 +188,19 @@ def _schedule(core, jobs: list, ctx: dict, parallel: int, history: History, emit
             history.job_update(ctx["run_id"], job, state)
         emit(job, state, info)
 
-    control = Control(on_state=on_state, on_sandbox=on_sandbox)
+    reaper = cf.ThreadPoolExecutor(max_workers=2, thread_name_prefix="farm-reap")
+    control = Control(on_state=on_state, on_sandbox=on_sandbox,
+                      dispose=lambda sid: reaper.submit(destroy_clone, core, sid))
     for j in jobs:
         emit(j.name, "queued", {})
+    try:
+        return _run_pool(core, jobs, ctx, parallel, history, emit, outcomes, control, live, live_lock)
+    finally:
+        reaper.shutdown(wait=True)           # every clone handed over is gone before the report
+
+
+def _run_pool(core, jobs: list, ctx: dict, parallel: int, history: History, emit: EventFn,
+              outcomes: dict[str, dict], control: Control, live: dict, live_lock: threading.Lock) -> bool:
     pool = cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="farm-job")
     futures = {pool.submit(run_job, core, j.to_dict(), {**ctx, "index": i}, control): j.name
                for i, j in enumerate(jobs)}
@@ -209,7 +219,7 @@ def _schedule(core, jobs: list, ctx: dict, parallel: int, history: History, emit
         with live_lock:
             sids = list(live.values())
         # The jobs' commands are blocked in SSH: destroying their clones ends them at once.
-        killers = [threading.Thread(target=_destroy_quietly, args=(core, s), daemon=True) for s in sids]
+        killers = [threading.Thread(target=destroy_clone, args=(core, s), daemon=True) for s in sids]
         for t in killers:
             t.start()
         for t in killers:
@@ -238,13 +248,6 @@ def _record(core, history: History, ctx: dict, name: str, fut: cf.Future, outcom
         k = outcome["kept"]
         history.keep(k["snapshot"], k["sandbox"], ctx["run_id"], name, k["expires_at"])
     history.job_update(ctx["run_id"], name, outcome["status"], outcome=outcome)
-
-
-def _destroy_quietly(core, sid: str) -> None:
-    try:
-        core.destroy(sid)
-    except SandboxError:
-        pass
 
 
 def _write_reports(result: FarmResult, wanted: dict[str, str]) -> dict:
