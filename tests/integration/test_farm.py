@@ -116,7 +116,7 @@ def test_farm_run_reports_artifacts_kept_state_and_reuse(env, core, work):
     assert r2.returncode == 0, r2.stdout + r2.stderr
     assert "base reused" in r2.stdout
     rep2 = json.loads((work / "r2.json").read_text())
-    assert rep2["base"]["snapshot"] == rep["base"]["snapshot"]
+    assert rep2["base"]["snapshots"] == rep["base"]["snapshots"] and len(rep["base"]["snapshots"]) == 4
     assert all(j["start_latency"] < 5 for j in rep2["jobs"])
 
     # gc of kept states (--all: they have not expired)

@@ -3,9 +3,15 @@
 Owns the digest of the base's inputs (the box's identity, the setup command, the content of
 every upload, the machine) and the base sandbox: a persistent sandbox named
 ``farmbase-<digest12>`` that boots the box, receives the uploads, runs the setup, takes a
-memory snapshot and is then stopped. It stays (stopped) because it holds the snapshot its jobs'
-clones start from; deleting it would drop the snapshot's memory state. When a farm's inputs
-change, the new base replaces the farm's older ones.
+memory snapshot and is then stopped. It stays (stopped) because it holds the snapshots its jobs'
+clones start from; deleting it would drop their memory states. When a farm's inputs change, the
+new base replaces the farm's older ones.
+
+The base takes ``SLOTS`` memory snapshots in a row (identical states, ~0.2 s each): clones of one
+memory snapshot are restored one at a time (its save image's header is rewritten per restore,
+under the snapshot's lock), so jobs that start together are spread over the slots instead of
+queueing on one (measured under load: 4 clones at once, max 10.5 s from one snapshot against
+3.9 s from four).
 """
 from __future__ import annotations
 
@@ -28,14 +34,15 @@ from .spec import FarmSpec
 from .text import one_line, tail
 
 BASE_SNAPSHOT = "farm-base"
-DIGEST_VERSION = 1
+SLOTS = 4
+DIGEST_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Base:
     digest: str
     sandbox: str
-    snapshot: str
+    snapshots: tuple               # SLOTS memory snapshots of the same state
     reused: bool
     seconds: float
 
@@ -81,7 +88,7 @@ def base_inputs(core, spec: FarmSpec) -> dict:
     b = spec.base
     return {"version": DIGEST_VERSION, "box": box_identity(core.boxes.get(b.box)), "setup": b.setup,
             "upload": [[remote, tree_digest(local)] for local, remote in b.upload],
-            "machine": [b.cpu, b.memory, b.disk, b.network]}
+            "machine": [b.cpu, b.memory, b.disk, b.network], "slots": SLOTS}
 
 
 def digest_of(inputs: dict) -> str:
@@ -109,25 +116,27 @@ def prepare_base(core, history: History, spec: FarmSpec, rebuild: bool = False,
         if existing and not rebuild:
             history.touch_base(digest)
             say("base reused")
-            return Base(digest, name, existing, True, time.monotonic() - t0)
+            return Base(digest, name, tuple(existing), True, time.monotonic() - t0)
         _remove_base(core, history, digest, name)
-        snap = _build(core, spec, name, say)
-        history.put_base(digest, spec.name, name, snap, inputs)
+        snaps = _build(core, spec, name, say)
+        history.put_base(digest, spec.name, name, snaps, inputs)
         for old in history.bases(spec.name):       # a farm's inputs changed: its older bases go
             if old["digest"] != digest:
                 _remove_base(core, history, old["digest"], old["sandbox"])
-        return Base(digest, name, snap, False, time.monotonic() - t0)
+        return Base(digest, name, tuple(snaps), False, time.monotonic() - t0)
 
 
-def _existing(core, history: History, digest: str, name: str) -> Optional[str]:
+def _existing(core, history: History, digest: str, name: str) -> Optional[list]:
+    """The base's snapshot ids when the base and all its memory snapshots are still there."""
     row = history.base(digest)
     if row is None:
         return None
     try:
-        snaps = core.list_snapshots(name)
+        have = {s.id for s in core.list_snapshots(name) if s.has_memory}
     except NotFoundError:
         return None
-    return row["snapshot"] if any(s.id == row["snapshot"] and s.has_memory for s in snaps) else None
+    wanted = row["snapshots"]
+    return wanted if wanted and set(wanted) <= have else None
 
 
 def _remove_base(core, history: History, digest: str, name: str) -> None:
@@ -138,7 +147,7 @@ def _remove_base(core, history: History, digest: str, name: str) -> None:
     history.drop_base(digest)
 
 
-def _build(core, spec: FarmSpec, name: str, say: Callable[[str], None]) -> str:
+def _build(core, spec: FarmSpec, name: str, say: Callable[[str], None]) -> list[str]:
     b = spec.base
     say(f"preparing the base: booting box {b.box}")
     sid = core.create_sandbox(name, {"box": b.box, "persistent": True, "network_mode": b.network,
@@ -154,9 +163,10 @@ def _build(core, spec: FarmSpec, name: str, say: Callable[[str], None]) -> str:
                 why = "timed out" if r.timed_out else f"exit code {r.exit_code}"
                 raise FarmError(f"base setup failed ({why}): {one_line(tail(r.stderr or r.stdout, 300), 300)}")
         say("snapshotting the base (disk and memory)")
-        snap = core.create_snapshot(sid, BASE_SNAPSHOT, memory=True, metadata={"reason": f"farm {spec.name} base"})
+        snaps = [core.create_snapshot(sid, f"{BASE_SNAPSHOT}-{i}", memory=True,
+                                      metadata={"reason": f"farm {spec.name} base, slot {i}"}) for i in range(SLOTS)]
         core.stop(sid)
-        return snap
+        return snaps
     except BaseException:
         try:
             core.destroy(sid)

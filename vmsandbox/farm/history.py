@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_id TEXT NOT NULL, name TEXT NOT NULL, position INTEGER NOT NULL, status TEXT NOT NULL,
     sandbox TEXT, outcome TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (run_id, name));
 CREATE TABLE IF NOT EXISTS bases (
-    digest TEXT PRIMARY KEY, farm TEXT NOT NULL, sandbox TEXT NOT NULL, snapshot TEXT NOT NULL,
+    digest TEXT PRIMARY KEY, farm TEXT NOT NULL, sandbox TEXT NOT NULL, snapshots TEXT NOT NULL,
     created_at REAL NOT NULL, last_used_at REAL NOT NULL, inputs TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS kept (
     snapshot TEXT PRIMARY KEY, sandbox TEXT NOT NULL, run_id TEXT NOT NULL, job TEXT NOT NULL,
@@ -140,17 +140,17 @@ class History:
     # -- bases -------------------------------------------------------------------------------
     def base(self, digest: str) -> Optional[dict]:
         r = self._db().execute("SELECT * FROM bases WHERE digest=?", (digest,)).fetchone()
-        return None if r is None else {**dict(r), "inputs": json.loads(r["inputs"])}
+        return None if r is None else _base(r)
 
     def bases(self, farm: str | None = None) -> list[dict]:
         q = "SELECT * FROM bases" + (" WHERE farm=?" if farm else "") + " ORDER BY last_used_at DESC"
-        return [{**dict(r), "inputs": json.loads(r["inputs"])} for r in self._db().execute(q, (farm,) if farm else ())]
+        return [_base(r) for r in self._db().execute(q, (farm,) if farm else ())]
 
-    def put_base(self, digest: str, farm: str, sandbox: str, snapshot: str, inputs: dict) -> None:
+    def put_base(self, digest: str, farm: str, sandbox: str, snapshots: list[str], inputs: dict) -> None:
         now = time.time()
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO bases VALUES (?,?,?,?,?,?,?)",
-                       (digest, farm, sandbox, snapshot, now, now, json.dumps(inputs)))
+                       (digest, farm, sandbox, json.dumps(snapshots), now, now, json.dumps(inputs)))
 
     def touch_base(self, digest: str) -> None:
         with self._tx() as db:
@@ -173,6 +173,10 @@ class History:
     def drop_kept(self, snapshot: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM kept WHERE snapshot=?", (snapshot,))
+
+
+def _base(r: sqlite3.Row) -> dict:
+    return {**dict(r), "snapshots": json.loads(r["snapshots"]), "inputs": json.loads(r["inputs"])}
 
 
 def _run(r: sqlite3.Row) -> dict:

@@ -31,7 +31,7 @@ def xml_text(s: str | None) -> str:
     return _XML_BAD.sub("?", printable(s or ""))
 
 
-def _case(result: "FarmResult", job: dict) -> TestCase:
+def _case(result, job: dict) -> TestCase:
     case = TestCase(xml_text(job["name"]), xml_text(result.farm), float(job.get("duration") or 0.0))
     reason = xml_text(job.get("reason") or "")
     out_tail = xml_text(job.get("stdout_tail"))
@@ -61,7 +61,7 @@ def _case(result: "FarmResult", job: dict) -> TestCase:
     return case
 
 
-def junit(result: "FarmResult") -> JUnitXml:
+def junit(result) -> JUnitXml:
     doc = JUnitXml(xml_text(result.farm))
     suite = TestSuite(xml_text(result.farm))
     suite.timestamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(result.started_at))
@@ -81,7 +81,7 @@ def junit(result: "FarmResult") -> JUnitXml:
     return doc
 
 
-def _merged_suite(result: "FarmResult", job: dict):
+def _merged_suite(result, job: dict):
     files = job.get("junit_files") or []
     if not files:
         return None
@@ -105,12 +105,12 @@ def _merged_suite(result: "FarmResult", job: dict):
     return suite
 
 
-def write_junit(result: "FarmResult", path: Path) -> None:
+def write_junit(result, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     junit(result).write(str(path), pretty=True)
 
 
-def write_json(result: "FarmResult", path: Path) -> None:
+def write_json(result, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
@@ -138,7 +138,7 @@ def _link(target: str, base: Path, label: str) -> str:
     return f'<a href="{href}">{_e(label)}</a>'
 
 
-def html_page(result: "FarmResult", where: Path) -> str:
+def html_page(result, where: Path) -> str:
     base = where.parent.resolve()
     c = result.counts()
     rows = []
@@ -184,6 +184,6 @@ def html_page(result: "FarmResult", where: Path) -> str:
 """
 
 
-def write_html(result: "FarmResult", path: Path) -> None:
+def write_html(result, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html_page(result, path.resolve()))

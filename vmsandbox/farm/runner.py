@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from ..exceptions import ConfigError, NotFoundError, SandboxError
 from .base import prepare_base
@@ -129,14 +129,15 @@ class Farm:
                 emit("", "base", {"message": "preparing the base"})
                 base = prepare_base(core, history, self.spec, rebuild=rebuild_base,
                                     progress=lambda m: emit("", "base", {"message": m}))
-                result.base = {"digest": base.digest, "sandbox": base.sandbox, "snapshot": base.snapshot,
+                result.base = {"digest": base.digest, "sandbox": base.sandbox, "snapshot": base.snapshots[0],
+                               "snapshots": list(base.snapshots),
                                "reused": base.reused, "seconds": round(base.seconds, 3)}
                 history.set_base(run_id, base.digest, base.reused)
                 emit("", "base-ready", dict(result.base))
             except SandboxError as exc:
                 result.error = f"the base could not be prepared: {exc}"
                 raise
-            ctx = {"run_id": run_id, "snapshot": base.snapshot, "outdir": str(run_dir),
+            ctx = {"run_id": run_id, "snapshots": list(base.snapshots), "outdir": str(run_dir),
                    "debug_prefix": debug_prefix(core)}
             interrupted = _schedule(core, jobs, ctx, parallel, history, emit, outcomes)
             result.status = "interrupted" if interrupted else (
@@ -202,8 +203,10 @@ def _schedule(core, jobs: list, ctx: dict, parallel: int, history: History, emit
 def _run_pool(core, jobs: list, ctx: dict, parallel: int, history: History, emit: EventFn,
               outcomes: dict[str, dict], control: Control, live: dict, live_lock: threading.Lock) -> bool:
     pool = cf.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="farm-job")
-    futures = {pool.submit(run_job, core, j.to_dict(), {**ctx, "index": i}, control): j.name
-               for i, j in enumerate(jobs)}
+    # jobs that start together use different snapshots of the base (see base.SLOTS)
+    slots = ctx["snapshots"]
+    futures = {pool.submit(run_job, core, j.to_dict(), {**ctx, "index": i, "snapshot": slots[i % len(slots)]}, control):
+               j.name for i, j in enumerate(jobs)}
     pending = set(futures)
     try:
         while pending:
