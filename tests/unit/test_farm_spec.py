@@ -138,3 +138,16 @@ def test_cli_names_the_bad_key_in_one_line_and_exits_2(farm_dir):
     assert r.output.strip().splitlines() == [
         "error: jobs[1].rnu: unknown key 'rnu' (known: name, run, env, timeout, artifacts, artifacts_max, retries, "
         "retry_on_failure, keep_failed, keep_failed_ttl, workdir) (farm.yaml line 12)"]
+
+
+def test_progress_rows_never_pass_guest_escapes_to_the_terminal():
+    from rich.console import Console
+
+    from vmsandbox.cli.farm_cmds import _Progress
+    p = _Progress(live=False)
+    p.event("b", "running", {})
+    p.event("b", "failed", {"duration": 2.0, "reason": "exit \x1b]0;owned\x07 3"})
+    c = Console(width=120, record=True, force_terminal=False)
+    c.print(p.render())
+    text = c.export_text()
+    assert "\x1b" not in text and "\\x1b]0;owned\\x07" in text and "failed" in text
