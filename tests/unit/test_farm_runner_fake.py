@@ -1,8 +1,10 @@
 """The farm's runner on the fake core (no VM): statuses, retries, flaky jobs, kept states,
 policy blocks, history, reports. Real guests are in tests/integration/test_farm.py."""
+import io
 import json
 import os
 import stat
+import tarfile
 import threading
 
 import pytest
@@ -39,6 +41,14 @@ class ScriptedSession(testing.FakeSession):
         self.commands.append(command)
         with self.lock:
             n = self.seen[command] = self.seen.get(command, 0) + 1
+        if command.startswith("if [ -e "):             # the farm packing an artifact
+            path = command.split()[3]
+            if path == "/missing":
+                return ExecutionResult(stdout="missing\n", stderr="", exit_code=0, duration=0.01)
+            if path == "/big":
+                return ExecutionResult(stdout="999999999\n", stderr="", exit_code=0, duration=0.01)
+            self.files["/tmp/.vmsandbox-farm.tar"] = make_tar(path.rsplit("/", 1)[1], b"result\n")
+            return ExecutionResult(stdout="10240\n", stderr="", exit_code=0, duration=0.01)
         if command == "INFRA" and n == 1:
             raise ProviderError("connection to 127.0.0.1:1 lost while a command was running")
         code = 0
@@ -50,6 +60,18 @@ class ScriptedSession(testing.FakeSession):
             on_stdout(b"out \x1b[31mred\n")
         return ExecutionResult(stdout="out \x1b[31mred\n", stderr="" if code == 0 else "it broke\n",
                                exit_code=code, duration=0.01)
+
+
+def make_tar(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(f"{name}/out.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        evil = tarfile.TarInfo("../../escape.txt")     # a hostile guest's archive member
+        evil.size = 1
+        tar.addfile(evil, io.BytesIO(b"x"))
+    return buf.getvalue()
 
 
 @pytest.fixture
@@ -167,3 +189,20 @@ def test_farm_gc_removes_expired_kept_states_and_clones_of_dead_runs(fcore, tmp_
     h = History(history_path(fcore.state_dir))
     assert h.kept() == [] and h.run("20260101-000000-dead01")["status"] == "interrupted"
     h.close()
+
+
+def test_artifacts_copied_missing_noted_cap_respected(fcore, tmp_path):
+    owner = fcore.create_sandbox("origin", {"box": "tiny"})
+    snap = fcore.create_snapshot(owner, "s")
+    job = {"name": "art", "run": "true", "artifacts": ["/missing", "/big", "/work/small/"], "artifacts_max": 1 << 20}
+    out = run_job(fcore, job, {"run_id": "r-abcdef", "index": 0, "snapshot": snap, "outdir": str(tmp_path / "o")})
+    assert out["status"] == "passed"
+    assert out["artifacts"] == [{"path": "/work/small/", "local": str(tmp_path / "o/art/artifacts/work/small"),
+                                 "bytes": 10240}]
+    assert (tmp_path / "o/art/artifacts/work/small/out.txt").read_bytes() == b"result\n"
+    notes = out["artifact_notes"]
+    assert notes[0] == "artifact /missing: missing"
+    assert notes[1].startswith("artifact /big: 999999999 bytes would pass the job's artifacts_max (1048576 bytes")
+    assert notes[2] == "artifact /work/small/: refused 1 archive member(s) (outside the destination, links " \
+        "or special files): ../../escape.txt"
+    assert not (tmp_path / "o" / "escape.txt").exists() and not (tmp_path / "escape.txt").exists()

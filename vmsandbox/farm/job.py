@@ -291,12 +291,20 @@ def _collect_artifacts(core, sid: str, spec: JobSpec, job_dir: Path, result: _At
             core.get_file(sid, GUEST_TMP, local)
             target = dest_root / parent.lstrip("/")
             target.mkdir(parents=True, exist_ok=True)
+            refused = []
             try:
                 with tarfile.open(local) as tar:
-                    tar.extractall(target, filter="data")     # no absolute paths, links out, devices
+                    for member in tar:
+                        try:        # the guest made this archive: no absolute paths, links out, devices
+                            tar.extract(member, target, filter="data")
+                        except tarfile.FilterError:
+                            refused.append(member.name)
             except (tarfile.TarError, OSError) as exc:
                 result.notes.append(f"artifact {path}: unreadable archive ({exc})")
                 continue
+            if refused:
+                result.notes.append(f"artifact {path}: refused {len(refused)} archive member(s) (outside the "
+                                    f"destination, links or special files): {', '.join(refused[:5])}")
         budget -= size
         result.artifacts.append({"path": path, "local": str(target / leaf), "bytes": size})
     if spec.artifacts:
