@@ -474,6 +474,11 @@ class SandboxCore:
     def doctor(self) -> list[ProviderCheck]:
         return self.maintenance.doctor()
 
+    def audit(self, operation: str, outcome: str, sandbox: str | None = None, **detail: Any) -> None:
+        """Append a record to the audit log (for tools built on the core, such as the farm)."""
+        info = self.store.find_sandbox(sandbox) if sandbox else None
+        self.store.audit(operation, outcome, info, **detail)
+
     def audit_log(self, sandbox: str | None = None, limit: int = 100) -> list[dict]:
         return self.store.read_audit(sandbox, limit)
 

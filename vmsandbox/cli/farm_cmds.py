@@ -1,0 +1,200 @@
+"""CLI commands of the test farm: farm run | history | show | gc."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+
+import click
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from ._context import console, get_core, print_json, table
+
+STYLE = {"queued": "dim", "starting": "cyan", "running": "blue", "retrying": "yellow", "passed": "green",
+         "failed": "red", "error": "magenta", "skipped": "dim"}
+
+
+class _Progress:
+    """One row per job (queued, starting, running with elapsed time, passed, failed, error):
+    a live table on a terminal, one line per change otherwise (cron mails, CI logs)."""
+
+    def __init__(self, live: bool) -> None:
+        from ..farm.text import one_line
+        self.one_line = one_line
+        self.rows: dict[str, dict] = {}
+        self.base = ""
+        self.lock = threading.Lock()
+        self.live = Live(get_renderable=self.render, console=console, refresh_per_second=4) if live else None
+
+    def event(self, job: str, state: str, info: dict) -> None:
+        with self.lock:
+            if not job:
+                self.base = info.get("message") or ("base reused" if info.get("reused") else
+                                                    f"base ready ({info.get('seconds', 0):.1f} s)")
+                if self.live is None:
+                    click.echo(f"farm: {self.one_line(self.base)}", err=True)
+                return
+            row = self.rows.setdefault(job, {"state": "queued", "since": None, "detail": ""})
+            if state == "running" and row["since"] is None:
+                row["since"] = time.monotonic()
+            row["state"] = state
+            if state in ("passed", "failed", "error"):
+                row["detail"] = f"{info.get('duration', 0):.1f} s" + (" flaky" if info.get("flaky") else "") + \
+                    (f"  {self.one_line(info['reason'], 80)}" if info.get("reason") else "")
+            elif state == "retrying":
+                row["detail"] = self.one_line(info.get("reason", ""), 80)
+            if self.live is None and state != "queued":
+                click.echo(f"farm: {job}: {state} {row['detail']}".rstrip(), err=True)
+
+    def render(self) -> Table:
+        t = Table(title=escape(self.one_line(self.base)) or None, show_edge=False)
+        for c in ("JOB", "STATE", "TIME", "DETAIL"):
+            t.add_column(c)
+        with self.lock:
+            for name, r in self.rows.items():
+                elapsed = "" if r["since"] is None or r["state"] not in ("running", "retrying") else \
+                    f"{time.monotonic() - r['since']:.0f} s"
+                style = STYLE.get(r["state"], "")
+                t.add_row(escape(name), f"[{style}]{r['state']}[/]", elapsed, escape(r["detail"]))
+        return t
+
+
+def _interrupt_handlers() -> None:
+    """First Ctrl-C or SIGTERM: a KeyboardInterrupt (the run stops its jobs and cleans up);
+    the second: exit at once (``vmsandbox farm gc`` finishes the clean-up)."""
+    hits = {"n": 0}
+
+    def handler(signum, frame):
+        hits["n"] += 1
+        if hits["n"] == 1:
+            raise KeyboardInterrupt
+        os.write(2, b"interrupted again: exiting now; run `vmsandbox farm gc` to clean up\n")
+        os._exit(130)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.group("farm")
+def farm():
+    """Nightly test farm: many jobs in clones of one prepared snapshot."""
+
+
+@farm.command("run")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--parallel", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Jobs running at once.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write a JUnit XML report here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write an HTML report here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.option("--outdir", default="farm-out", show_default=True, type=click.Path(file_okay=False),
+              help="Artifacts and logs go to OUTDIR/<run>/<job>/.")
+@click.option("--rebuild-base", is_flag=True, help="Prepare the base again even when its inputs did not change.")
+@click.option("--only", multiple=True, help="Run only this job (repeatable).")
+@click.pass_context
+def farm_run(ctx, job_file, parallel, junit_path, html_path, json_path, outdir, rebuild_base, only):
+    """Run every job of JOB_FILE; exit 0 all passed, 1 a job failed, 2 the farm could not run, 130 interrupted."""
+    from ..farm import Farm
+    from ..farm.text import one_line
+    farm_ = Farm.from_file(job_file)
+    core = get_core(ctx)
+    progress = _Progress(live=sys.stderr.isatty())
+    _interrupt_handlers()
+    reports = {"junit": junit_path, "html": html_path, "json": json_path}
+    if progress.live is not None:
+        with progress.live:
+            result = farm_.run(core, parallel=parallel, outdir=outdir, rebuild_base=rebuild_base,
+                               only=list(only) or None, on_event=progress.event, reports=reports)
+    else:
+        result = farm_.run(core, parallel=parallel, outdir=outdir, rebuild_base=rebuild_base,
+                           only=list(only) or None, on_event=progress.event, reports=reports)
+    c = result.counts()
+    if result.base:
+        click.echo("base reused" if result.base["reused"] else f"base built in {result.base['seconds']:.1f} s")
+    click.echo(f"farm {result.farm} run {result.run_id}: {result.status}: {c['passed']} passed, {c['failed']} failed, "
+               f"{c['error']} errors, {c['skipped']} skipped, {c['flaky']} flaky in {result.duration:.1f} s")
+    if result.error:
+        click.echo(f"error: {one_line(result.error, 300)}", err=True)
+    for j in result.jobs:
+        if j["status"] != "passed":
+            click.echo(f"  {j['name']}: {j['status']}: {one_line(j.get('reason') or '', 160)}")
+        for n in j.get("artifact_notes", []):
+            click.echo(f"  {j['name']}: note: {one_line(n, 160)}")
+        if j.get("kept"):
+            click.echo(f"  {j['name']}: debug its failed state: {j['kept']['command']}")
+    for kind, path in result.reports.items():
+        click.echo(f"{'json' if kind == 'json_run' else kind} report: {path}")
+    ctx.exit(result.exit_code)
+
+
+@farm.command("history")
+@click.option("--farm", "farm_name", default=None, help="Only runs of this farm.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True)
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def farm_history(ctx, farm_name, limit, json_out):
+    """Recent farm runs."""
+    from ..farm.history import History, history_path
+    h = History(history_path(get_core(ctx).state_dir))
+    try:
+        runs = h.runs(farm_name, limit)
+    finally:
+        h.close()
+    if json_out:
+        print_json(runs)
+        return
+    table(["RUN", "FARM", "STATUS", "STARTED", "SECONDS", "PASSED", "FAILED", "ERRORS", "BASE"],
+          [[r["id"], r["farm"], r["status"], datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S"),
+            r["summary"].get("duration", ""), r["summary"].get("passed", ""), r["summary"].get("failed", ""),
+            r["summary"].get("error", ""), {True: "reused", False: "built", None: ""}[r["base_reused"]]]
+           for r in runs])
+
+
+@farm.command("show")
+@click.argument("run_ref")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def farm_show(ctx, run_ref, json_out):
+    """One run: each job's status, duration and kept state (RUN is an id or a unique prefix)."""
+    from ..farm.history import History, history_path
+    from ..farm.text import one_line
+    h = History(history_path(get_core(ctx).state_dir))
+    try:
+        run = h.run(run_ref)
+    finally:
+        h.close()
+    if json_out:
+        print_json(run)
+        return
+    click.echo(f"run {run['id']} of farm {run['farm']}: {run['status']}  (outdir {run['outdir']})")
+    for kind, path in run["reports"].items():
+        click.echo(f"  {'json' if kind == 'json_run' else kind} report: {path}")
+    table(["JOB", "STATUS", "SECONDS", "START", "REASON", "KEPT STATE"],
+          [[j["name"], j["status"] + (" (flaky)" if j.get("flaky") else ""), j.get("duration", ""),
+            j.get("start_latency") or "", one_line(j.get("reason") or "", 60),
+            (j.get("kept") or {}).get("command", "")] for j in run["jobs"]])
+
+
+@farm.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--all", "all_kept", is_flag=True, help="Also remove kept failed states that have not expired.")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def farm_gc_cmd(ctx, dry_run, all_kept, json_out):
+    """Remove expired kept failed states and the clones of runs that died."""
+    from ..farm.gc import farm_gc
+    done = farm_gc(get_core(ctx), dry_run=dry_run, all_kept=all_kept)
+    if json_out:
+        print_json(done)
+        return
+    for line in done:
+        click.echo(("would remove " if dry_run else "removed ") + line)
+    if not done:
+        click.echo("nothing to remove")
+
+
+COMMANDS = [farm]
