@@ -255,9 +255,9 @@ def _record(core, history: History, ctx: dict, name: str, fut: cf.Future, outcom
 
 def _write_reports(result: FarmResult, wanted: dict[str, str]) -> dict:
     """Write the requested reports, plus ``report.json`` in the run directory (what ``show`` links to)."""
-    from . import reports
+    from .reports import write_html, write_json, write_junit
     out = {}
-    writers = {"junit": reports.write_junit, "html": reports.write_html, "json": reports.write_json}
+    writers = {"junit": write_junit, "html": write_html, "json": write_json}
     targets = dict(wanted)
     targets.setdefault("json_run", str(Path(result.outdir) / "report.json"))
     for kind, path in targets.items():
