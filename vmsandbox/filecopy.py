@@ -25,9 +25,8 @@ from .exceptions import ConfigError, NotFoundError, ProviderError, ResourceLimit
 
 
 class Channel(Protocol):
-    """What a copy needs of an SSH session (``ssh.SSHSession``)."""
-    host: str
-    port: int
+    """What a copy needs of a command session (``ssh.SSHSession`` and its subclasses)."""
+    where: str
 
     def stream(self, script: str, stdin_chunks, on_stdout: Callable[[bytes], None],
                on_stderr: Callable[[bytes], None], timeout: float | None) -> int | None: ...
@@ -125,7 +124,7 @@ def get(session: Channel, remote: str, local: Path, max_size: int, recursive: bo
     else:
         script += f"[ -d {src} ] && {{ echo \"is a directory: \"{src} >&2; exit {_ISDIR}; }}; "
     script += f"printf 'F %s\\n' \"$(stat -c %a {src} 2>/dev/null)\"; exec cat {src}"
-    what = f"copy {session.host}:{session.port}:{remote} -> {local}"
+    what = f"copy {session.where}:{remote} -> {local}"
     fd, part = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
     stderr = bytearray()
     try:
@@ -180,7 +179,7 @@ def put(session: Channel, local: Path, remote: str, max_size: int, recursive: bo
     if local.is_dir() and not recursive:
         raise ConfigError(f"{local} is a directory (copy directories with -r / recursive=True)", "source")
     size = _tree_size(local) if local.is_dir() else local.stat().st_size
-    what = f"copy {local} -> {session.host}:{session.port}:{remote}"
+    what = f"copy {local} -> {session.where}:{remote}"
     if size > max_size:
         raise _cap_error(what, max_size)
     dst = shlex.quote(remote)

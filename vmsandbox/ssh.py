@@ -100,6 +100,11 @@ class SSHSession:
     def _where(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def where(self) -> str:
+        """Where commands run, for messages (host:port; a container's name for containers)."""
+        return self._where
+
     # ----------------------------------------------------------------- connection
 
     def wait_ready(self, timeout: float, console_log: Path | None = None,
