@@ -178,7 +178,7 @@ def test_a_hostile_tar_stream_cannot_escape_or_plant_devices(tmp_path):
 
 class LyingGuest:
     """A guest that answers every copy script with what it likes."""
-    host, port = "127.0.0.1", 0
+    where = "127.0.0.1:0"
 
     def __init__(self, stdout: bytes, code: int = 0) -> None:
         self.stdout, self.code = stdout, code
