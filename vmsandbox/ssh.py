@@ -79,7 +79,7 @@ class SSHSession:
         self.port = port
         self.username = username
         self.key_path = Path(key_path)
-        self.host_key = _normalize_keyline(host_key) if host_key else None
+        self.host_key = normalize_host_key(host_key) if host_key else None
         self.connect_timeout = connect_timeout
         self.on_new_host_key = on_new_host_key
         self._pkey = _load_private_key(self.key_path)
@@ -521,7 +521,7 @@ def _load_private_key(path: Path) -> paramiko.PKey:
         raise ProviderError(f"cannot load SSH key {path}: {exc}") from exc
 
 
-def _normalize_keyline(keyline: str) -> str:
+def normalize_host_key(keyline: str) -> str:
     """'type base64 [comment]' -> 'type base64'; rejects anything else."""
     fields = keyline.split()
     if len(fields) < 2:
@@ -559,30 +559,4 @@ def _console_tail(console_log: Path | None) -> str:
     return f"; console log: {console_log}, last lines:\n{tail}"
 
 
-def known_hosts_line(port: int, host_key: str) -> str:
-    """The known_hosts line for a guest forwarded on 127.0.0.1:``port``."""
-    host = "127.0.0.1" if port == 22 else f"[127.0.0.1]:{port}"
-    return f"{host} {_normalize_keyline(host_key)}"
-
-
-def openssh_config(alias: str, port: int, user: str, key_path: Path, known_hosts: Path) -> str:
-    """An OpenSSH client config block that reaches the guest with its pinned host key."""
-    def arg(value: object) -> str:
-        text = str(value)
-        return f'"{text}"' if any(c.isspace() for c in text) else text
-
-    return "\n".join([
-        f"Host {alias}",
-        "    HostName 127.0.0.1",
-        f"    Port {port}",
-        f"    User {arg(user)}",
-        f"    IdentityFile {arg(key_path)}",
-        "    IdentitiesOnly yes",
-        "    PasswordAuthentication no",
-        f"    UserKnownHostsFile {arg(known_hosts)}",
-        "    StrictHostKeyChecking yes",
-        "",
-    ])
-
-
-__all__ = ["SSHSession", "openssh_config", "known_hosts_line"]
+__all__ = ["SSHSession", "normalize_host_key"]

@@ -1,4 +1,4 @@
-"""CLI commands for sandboxes: create, list, show, exec, cp, ssh, ssh-config, start/stop/pause/resume,
+"""CLI commands for sandboxes: create, list, show, exec, cp, ssh, ssh-config, ssh-proxy, start/stop/pause/resume,
 destroy, gc, doctor, audit, config show, demo."""
 from __future__ import annotations
 
@@ -171,41 +171,64 @@ def cp(ctx, src, dst):
         raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
 
 
-def _ssh_files(core, name):
-    from ..ssh import known_hosts_line, openssh_config
-    info = core.get(name)
-    box = core.boxes.get(info.box)
-    host_key = box.host_key or info.extra.get("host_key")
-    if not host_key:
-        raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
-    known = core.sandbox_dir(info) / "known_hosts"
-    known.write_text(known_hosts_line(info.ssh_port, host_key) + "\n")
-    alias = f"vmsandbox-{info.name}"
-    return alias, openssh_config(alias, info.ssh_port, box.ssh_user, box.ssh_key, known)
+def _client_settings(ctx, name):
+    from ..client_config import client_settings
+    return client_settings(get_core(ctx), name, app(ctx).config_path)
 
 
 @command("ssh-config")
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True)
 @click.pass_context
-def ssh_config(ctx, name):
-    """Print an OpenSSH config block for NAME (append it to ~/.ssh/config)."""
-    _, block = _ssh_files(get_core(ctx), name)
-    click.echo(block)
+def ssh_config(ctx, names):
+    """Print OpenSSH config blocks for sandboxes (`Host NAME vmsandbox-NAME`).
+
+    They reach each sandbox through `vmsandbox ssh-proxy`, so they keep working across rollbacks
+    and restarts: save them once (`ssh -F FILE NAME`, scp, sftp, rsync -e 'ssh -F FILE')."""
+    click.echo("\n".join(_client_settings(ctx, n).config_block() for n in names), nl=False)
 
 
-@command("ssh")
+@command("ssh-proxy")
+@click.argument("name")
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for a guest that is being created or rolled back.")
+@click.pass_context
+def ssh_proxy(ctx, name, wait):
+    """Connect stdin/stdout to NAME's current SSH endpoint (an OpenSSH ProxyCommand).
+
+    The port is looked up in the state store at each connection, so it follows rollbacks and restarts."""
+    from ..boxes import BoxStore
+    from ..client_config import connect_current, pump
+    from ..exceptions import NotFoundError
+    from ..store import Store, default_db_path
+    config = app(ctx).config
+    db = default_db_path(config.sandbox.state_path)
+    if not db.exists():
+        raise NotFoundError(f"no sandbox {name!r}: no state database at {db}")
+    store = Store(db)
+    try:
+        sock, info = connect_current(store, BoxStore(config.sandbox.box_path), config.sandbox.state_path,
+                                     name, wait=wait)
+        store.touch(info.id)
+        store.audit("ssh-proxy", "ok", info, port=info.ssh_port)
+    finally:
+        store.close()
+    pump(sock)
+
+
+@command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("name")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def ssh(ctx, name, args):
-    """Open an interactive shell in NAME through the system ssh client."""
+    """Open a shell in NAME through the system ssh client; anything after NAME is the remote command."""
     core = get_core(ctx)
-    core._require(core.get(name), "execute")
-    alias, block = _ssh_files(core, name)
-    cfg = core.sandbox_dir(core.get(name)) / "ssh_config"
-    cfg.write_text(block)
-    core.store.audit("ssh", "ok", core.get(name))
-    os.execvp("ssh", ["ssh", "-F", str(cfg), alias, *args])
+    info = core.get(name)
+    core._require(info, "execute")
+    settings = _client_settings(ctx, name)
+    cfg = core.sandbox_dir(info) / "ssh_config"
+    cfg.write_text(settings.config_block())
+    core.store.audit("ssh", "ok", info, command=shlex.join(args) if args else None)
+    os.execvp("ssh", ["ssh", "-F", str(cfg), info.name, *(["--", *args] if args else [])])
 
 
 def _power_command(op: str, help_text: str):
