@@ -257,8 +257,9 @@ class SSHSession:
 
         A non-zero exit is a normal result. Past ``timeout`` seconds the command and its
         children are killed and the result has ``timed_out=True, exit_code=None``. Each stream
-        keeps at most ``max_output`` bytes (``truncated=True`` when more came); ``on_stdout`` /
-        ``on_stderr`` get every raw chunk as it arrives. Raises ``ProviderError`` when the
+        keeps at most ``max_output`` bytes (``truncated=True`` when more came; the rest is read and
+        dropped while the command runs on); ``on_stdout`` / ``on_stderr`` get the same bytes as
+        they arrive. Raises ``ProviderError`` when the
         connection fails, ``ConfigError`` for an invalid environment variable name.
         """
         script = _shell_script(command, working_dir, env)
@@ -406,7 +407,9 @@ class SSHSession:
 # --------------------------------------------------------------------- helpers
 
 class _CappedBuffer:
-    """Keeps the first ``limit`` bytes of a stream, passes every chunk to ``on_chunk``."""
+    """Keeps the first ``limit`` bytes of a stream and passes the same bytes on to ``on_chunk``:
+    a caller streaming the output sees exactly what the result keeps. The rest is read (so the
+    command is never blocked on a full pipe) and dropped."""
 
     def __init__(self, limit: int, on_chunk: Callable[[bytes], None] | None = None) -> None:
         self.limit = limit
@@ -415,13 +418,14 @@ class _CappedBuffer:
         self.truncated = False
 
     def write(self, chunk: bytes) -> None:
-        if self.on_chunk is not None:
-            self.on_chunk(chunk)
         room = self.limit - len(self.data)
         if len(chunk) > room:
             self.truncated = True
-        if room > 0:
-            self.data += chunk[:room]
+            chunk = chunk[:max(room, 0)]
+        if chunk:
+            self.data += chunk
+            if self.on_chunk is not None:
+                self.on_chunk(chunk)
 
     def text(self) -> str:
         return self.data.decode("utf-8", errors="replace")

@@ -114,14 +114,17 @@ def show(ctx, name, json_out):
 @click.option("--timeout", type=float, default=None, help="Seconds before the command is killed.")
 @click.option("-w", "--workdir", default=None, help="Working directory in the guest.")
 @click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE, repeatable.")
-@click.option("-i", "--stdin", "use_stdin", is_flag=True, help="Feed this process's stdin to the command.")
+@click.option("-i", "--stdin", "use_stdin", flag_value=True, default=None,
+              help="Feed stdin to the command even from a terminal (default: when stdin is not a terminal).")
+@click.option("-n", "--no-stdin", "use_stdin", flag_value=False, help="Never read stdin (like ssh -n).")
 @click.option("--approve", is_flag=True, help="Approve a command the policy rates HIGH.")
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON result instead of streaming output.")
 @click.pass_context
 def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json_out):
     """Run COMMAND in sandbox NAME (after `--`); exits with the command's exit code (124 on timeout).
 
-    One argument is a shell command line; several are quoted and joined."""
+    One argument is a shell command line; several are quoted and joined. As with ssh, stdin is
+    passed to the command when it is not a terminal (read to its end before the command starts)."""
     line = command[0] if len(command) == 1 else shlex.join(command)
     envd = {}
     for item in env:
@@ -129,7 +132,9 @@ def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
         k, v = item.split("=", 1)
         envd[k] = v
-    stdin = sys.stdin.buffer.read() if use_stdin else None
+    if use_stdin is None:
+        use_stdin = sys.stdin is not None and not sys.stdin.isatty()
+    stdin = sys.stdin.buffer.read() if use_stdin and sys.stdin is not None else None
     core = get_core(ctx)
     stream = {} if json_out else {"on_stdout": _writer(sys.stdout), "on_stderr": _writer(sys.stderr)}
     r = core.execute(name, line, timeout=timeout, working_dir=workdir, env=envd or None, stdin=stdin,
@@ -139,7 +144,9 @@ def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json
                     "timed_out": r.timed_out, "truncated": r.truncated})
     else:
         if r.truncated:
-            click.echo("vmsandbox: output truncated at ssh.max_output", err=True)
+            cap = app(ctx).config.ssh.max_output
+            click.echo(f"vmsandbox: output past ssh.max_output ({cap} per stream) was dropped, not shown "
+                       "and not kept; the command itself was not stopped", err=True)
         if r.timed_out:
             click.echo(f"vmsandbox: command timed out after {r.duration:.1f} s and was killed", err=True)
     ctx.exit(124 if r.timed_out else (r.exit_code or 0))
