@@ -1,5 +1,5 @@
 """CLI commands for sandboxes: create, list, show, exec, cp, ssh, ssh-config, ssh-proxy, start/stop/pause/resume,
-destroy, gc, doctor, audit, config show, demo."""
+throttle/unthrottle, emergency-shutdown, destroy, gc, doctor, audit, config show, demo."""
 from __future__ import annotations
 
 import os
@@ -50,9 +50,11 @@ def _limits(cpu, memory, disk) -> dict:
               help="none: no network but the SSH forward (default); nat: outbound allowed.")
 @click.option("--persistent", is_flag=True, help="Keep until destroyed (gc leaves it alone).")
 @click.option("--clone-from", default=None, help="Snapshot to clone (a linked clone, running from that point).")
+@click.option("--ttl", "ttl_seconds", type=float, default=None,
+              help="Seconds idle before gc (run by `vmsandbox serve`) destroys it (default: sandbox.ttl_seconds).")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
-def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, json_out):
+def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, ttl_seconds, json_out):
     """Create and boot a sandbox; returns when a command can run in it."""
     cfg: dict = {}
     if box:
@@ -65,6 +67,8 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
         cfg["persistent"] = True
     if clone_from:
         cfg["clone_from"] = clone_from
+    if ttl_seconds is not None:
+        cfg["ttl_seconds"] = ttl_seconds
     core = get_core(ctx)
     status, progress = _progress_runner(json_out)
     start = time.monotonic()
@@ -78,6 +82,10 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
         print_json({**info.to_dict(), "seconds": round(time.monotonic() - start, 3)})
     else:
         click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; ssh on 127.0.0.1:{info.ssh_port}")
+    from ..service import service_status
+    if not service_status(core.state_dir).running:
+        click.echo("note: no `vmsandbox serve` runs for this state directory: resource limits and ttl "
+                   "will not be enforced (see docs/operations.md)", err=True)
 
 
 @command("list")
@@ -91,7 +99,18 @@ def list_cmd(ctx, json_out):
         return
     table(["NAME", "ID", "STATE", "BOX", "CPU", "MEMORY", "DISK", "SSH", "CREATED", "NOTE"],
           [[i.name, i.id, i.state.value, i.box, i.cpu, i.memory, i.disk, f"127.0.0.1:{i.ssh_port}",
-            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"), i.reason] for i in items])
+            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"), _note(i)] for i in items])
+    from ..service import service_line
+    click.echo(service_line(app(ctx).config), err=True)
+
+
+def _note(info) -> str:
+    """Why a sandbox is not simply running: paused/stopped/broken reason, CPU throttle."""
+    parts = [info.reason] if info.reason else []
+    if info.extra.get("throttled"):
+        why = info.extra.get("throttle_reason")
+        parts.append(f"throttled to {info.extra['throttled']:g} CPU per vCPU" + (f" ({why})" if why else ""))
+    return "; ".join(parts)
 
 
 @command("show")
@@ -106,6 +125,8 @@ def show(ctx, name, json_out):
     else:
         for k, v in info.to_dict().items():
             click.echo(f"{k:14} {v}")
+        if _note(info):
+            click.echo(f"{'why':14} {_note(info)}")
 
 
 @command("exec", context_settings={"ignore_unknown_options": True})
@@ -255,6 +276,37 @@ for _op, _help in (("start", "Boot a stopped sandbox and wait for SSH."),
     _power_command(_op, _help)
 
 
+@command("throttle")
+@click.argument("name")
+@click.option("--fraction", type=click.FloatRange(0.01, 1.0), default=0.25, show_default=True,
+              help="CPU share each vCPU may use.")
+@click.option("--reason", default="requested by operator", show_default=True)
+@click.pass_context
+def throttle(ctx, name, fraction, reason):
+    """Cap each vCPU of NAME at FRACTION of a CPU (`unthrottle` lifts it)."""
+    info = get_core(ctx).throttle(name, fraction, reason=reason)
+    click.echo(f"{info.name}: throttled to {fraction:g} CPU per vCPU")
+
+
+@command("unthrottle")
+@click.argument("name")
+@click.pass_context
+def unthrottle(ctx, name):
+    """Lift a CPU throttle (back to the sandbox's own CPU limit)."""
+    info = get_core(ctx).unthrottle(name)
+    click.echo(f"{info.name}: not throttled")
+
+
+@command("emergency-shutdown")
+@click.argument("name")
+@click.option("--reason", default="emergency shutdown requested by operator", show_default=True)
+@click.pass_context
+def emergency_shutdown(ctx, name, reason):
+    """Pull the plug on NAME now; disk, console and audit logs are kept for forensics."""
+    info = get_core(ctx).emergency_shutdown(name, reason)
+    click.echo(f"{info.name}: {info.state.value} ({reason})")
+
+
 @command("destroy")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_context
@@ -286,13 +338,19 @@ def gc(ctx, dry_run, json_out):
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 def doctor(ctx, json_out):
-    """Check libvirtd, QEMU, the accelerator, boxes and disk space."""
-    checks = get_core(ctx).doctor()
+    """Check libvirtd, QEMU, the accelerator, boxes, disk space and whether `vmsandbox serve` runs."""
+    from ..providers import ProviderCheck
+    from ..service import service_line, service_status
+    core = get_core(ctx)
+    checks = core.doctor()
+    running = service_status(core.state_dir).running
+    checks.append(ProviderCheck("service", running, service_line(core.config).split(": ", 1)[1],
+                                "" if running else "vmsandbox serve (docs/operations.md)"))
     if json_out:
         print_json([c.__dict__ for c in checks])
     else:
         table(["CHECK", "OK", "DETAIL", "FIX"], [[c.name, "yes" if c.ok else "NO", c.detail, c.fix] for c in checks])
-    ctx.exit(0 if all(c.ok for c in checks) else 1)
+    ctx.exit(0 if all(c.ok for c in checks if c.name != "service") else 1)   # no service: reported, not a failure
 
 
 @command("audit")
