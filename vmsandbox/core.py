@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from . import disks
+from .api_guard import guard_methods
 from .config import Config, Limits, load_config, parse_cpu, parse_size
 from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError,
                          SandboxError, SecurityError, StateCorruptionError, StateError)
@@ -710,3 +711,7 @@ class AsyncSandboxCore:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
+
+
+# Refuse a synchronous call inside an event loop, and wrong arguments, before anything happens.
+guard_methods(SandboxCore, AsyncSandboxCore.METHODS)
