@@ -5,15 +5,35 @@ Public API: ``SandboxCore`` / ``AsyncSandboxCore`` (lifecycle, execute), ``Execu
 ``StateManager`` / ``RollbackManager`` (snapshots and rollback). The policy lives in
 ``vmsandbox.safety`` (``SafetyValidator``); the watchdog's types in ``vmsandbox.health``.
 """
-from .config import Config, load_config
-from .core import AsyncSandboxCore, SandboxCore
+import importlib
+from typing import Any
+
 from .exceptions import (CommandTimeout, ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
                          ResourceLimitError, RollbackError, SandboxError, SecurityError, StateCorruptionError,
                          StateError)
-from .models import ExecutionResult, SandboxInfo, SandboxState
-from .rollback import RollbackManager, RollbackPoint
-from .snapshots import RollbackEvent, Snapshot
-from .state import StateManager
+
+# The rest is imported on first use (PEP 562), so a command that needs little of vmsandbox
+# (`vmsandbox ssh-proxy`, run by ssh for every connection) starts fast.
+_LAZY = {
+    "Config": "config", "load_config": "config", "SandboxCore": "core", "AsyncSandboxCore": "core",
+    "ExecutionResult": "models", "SandboxInfo": "models", "SandboxState": "models",
+    "RollbackManager": "rollback", "RollbackPoint": "rollback", "RollbackEvent": "snapshots",
+    "Snapshot": "snapshots", "StateManager": "state",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vmsandbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .exceptions import ProviderError, ResourceLimitError, StateError
+from .exceptions import ConfigError, NotFoundError, ProviderError, ResourceLimitError, StateError
 from .models import SandboxInfo, SandboxState
 
 #: states in which a new guest is on its way: the proxy waits for it instead of failing
@@ -152,7 +152,8 @@ def client_settings(core, name: str, config_path: str | os.PathLike | None = Non
     return ClientSettings(
         name=info.name, user=box.ssh_user, identity_file=Path(box.ssh_key).absolute(), known_hosts=known,
         host_key_alias=host_key_alias(info),
-        proxy_command=tuple(vmsandbox_command(config_path, core.state_dir) + ["ssh-proxy", info.name]))
+        proxy_command=tuple(vmsandbox_command(config_path, core.state_dir)
+                            + ["ssh-proxy", "--box-dir", str(Path(core.config.sandbox.box_path).absolute()), info.name]))
 
 
 # ---------------------------------------------------------------------------- ssh-proxy
@@ -174,7 +175,10 @@ def connect_current(store, boxes, state_dir: Path, name: str, wait: float = 60.0
             msg = f"sandbox {info.name!r} is {info.state}{why}" + (f"; `vmsandbox {hint} {info.name}`" if hint else "")
             raise ResourceLimitError(msg) if cls is ResourceLimitError else StateError(msg, info.state)
         if info.state is SandboxState.RUNNING:
-            host_key = pinned_host_key(boxes, info)
+            try:
+                host_key = pinned_host_key(boxes, info)
+            except (NotFoundError, ConfigError):    # box gone or elsewhere: keep the file ssh-config wrote
+                host_key = None
             if host_key:
                 write_known_hosts(state_dir, info, host_key)
             try:

@@ -77,7 +77,7 @@ def _transfers_work(cfg: Path, tmp: Path, tag: str) -> None:
 def test_saved_config_works_before_and_after_rollback_and_restart(core, cli, web, tmp_path):
     cfg = _ssh_cfg(cli, tmp_path, "web")
     text = cfg.read_text()
-    assert text.startswith("Host web vmsandbox-web\n") and "Port" not in text and "ssh-proxy web" in text
+    assert text.startswith("Host web vmsandbox-web\n") and "Port" not in text and "ssh-proxy --box-dir" in text
     assert _ssh(cfg, "web", "hostname").stdout == "web\n"
     _transfers_work(cfg, tmp_path, "before")
 

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from vmsandbox.boxes import BoxStore
+from vmsandbox.config import load_config
 from vmsandbox.client_config import ClientSettings, client_settings
 from vmsandbox.exceptions import StateError
 from vmsandbox.models import SandboxState
@@ -40,13 +41,15 @@ def world(tmp_path):
     srv = DropbearServer(tmp_path / "srv1")
     srv.start()
     state = tmp_path / "state dir"           # a blank in the path: quoting is exercised
+    boxes = tmp_path / "boxes elsewhere"     # box_directory set by a config dict: the proxy is told
     store = Store(default_db_path(state))
-    _box(state / "boxes", srv, srv.host_key)
+    _box(boxes, srv, srv.host_key)
     info = store.reserve_sandbox(id="sb-0123456789ab", name="web", box="tiny", domain="d", cpu="1", memory="256M",
                                  disk="1G", network_mode="none", persistent=False, port_range=(20000, 20100))
     store.update_sandbox(info.id, state=SandboxState.RUNNING, ssh_port=srv.port)
-    core = SimpleNamespace(store=store, boxes=BoxStore(state / "boxes"), state_dir=state)
-    yield SimpleNamespace(core=core, store=store, info=info, server=srv, tmp=tmp_path)
+    config = load_config(config={"sandbox": {"state_directory": str(state), "box_directory": str(boxes)}})
+    core = SimpleNamespace(store=store, boxes=BoxStore(boxes), state_dir=state, config=config)
+    yield SimpleNamespace(core=core, store=store, info=info, server=srv, tmp=tmp_path, boxes=boxes)
     srv.stop()
     store.close()
 
@@ -73,8 +76,8 @@ def test_config_block_answers_to_both_names_and_never_names_a_port(tmp_path):
 
 
 def test_no_host_key_yet_is_one_clear_error(world):
-    shutil.rmtree(world.core.state_dir / "boxes")
-    _box(world.core.state_dir / "boxes", world.server, None)
+    shutil.rmtree(world.boxes)
+    _box(world.boxes, world.server, None)
     with pytest.raises(StateError, match="no host key known yet for 'web'"):
         client_settings(world.core, "web")
 
@@ -82,7 +85,7 @@ def test_no_host_key_yet_is_one_clear_error(world):
 @needs_dropbear
 def test_saved_config_survives_a_new_guest_on_a_new_port(world):
     settings = client_settings(world.core, "web")
-    assert settings.proxy_command[-2:] == ("ssh-proxy", "web")
+    assert settings.proxy_command[-4:] == ("ssh-proxy", "--box-dir", str(world.boxes), "web")
     assert Path(settings.proxy_command[0]).is_absolute()
     cfg = world.tmp / "ssh config"
     cfg.write_text(settings.config_block())
@@ -125,6 +128,11 @@ def test_saved_config_survives_a_new_guest_on_a_new_port(world):
             refused = _ssh(cfg, "web", "echo", "nope")
             assert refused.returncode != 0 and refused.stdout == ""
             assert "host key" in refused.stderr.lower()
+            # vmsandbox re-pins the key (as a clone with its own key would be): the saved file follows.
+            info_file = world.boxes / "tiny" / "0" / "libvirt" / "vmsandbox.json"
+            info_file.write_text(json.dumps({**json.loads(info_file.read_text()), "host_key": srv3.host_key}))
+            repinned = _ssh(cfg, "web", "echo", "repinned")
+            assert repinned.returncode == 0 and repinned.stdout == "repinned\n", repinned.stderr
         finally:
             srv3.stop()
     finally:

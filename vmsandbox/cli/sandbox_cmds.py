@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import click
 import yaml
@@ -219,8 +220,9 @@ def ssh_config(ctx, names):
 @click.argument("name")
 @click.option("--wait", type=float, default=60.0, show_default=True,
               help="Seconds to wait for a guest that is being created or rolled back.")
+@click.option("--box-dir", default=None, help="Box directory holding the pinned host key (default: from the config).")
 @click.pass_context
-def ssh_proxy(ctx, name, wait):
+def ssh_proxy(ctx, name, wait, box_dir):
     """Connect stdin/stdout to NAME's current SSH endpoint (an OpenSSH ProxyCommand).
 
     The port is looked up in the state store at each connection, so it follows rollbacks and restarts."""
@@ -234,8 +236,8 @@ def ssh_proxy(ctx, name, wait):
         raise NotFoundError(f"no sandbox {name!r}: no state database at {db}")
     store = Store(db)
     try:
-        sock, info = connect_current(store, BoxStore(config.sandbox.box_path), config.sandbox.state_path,
-                                     name, wait=wait)
+        sock, info = connect_current(store, BoxStore(Path(box_dir) if box_dir else config.sandbox.box_path),
+                                     config.sandbox.state_path, name, wait=wait)
         store.touch(info.id)
         store.audit("ssh-proxy", "ok", info, port=info.ssh_port)
     finally:
