@@ -4,6 +4,7 @@ live output, the busybox applets and server tools of the tiny box, a memory clon
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,34 @@ def test_memory_clone_gets_its_own_host_name(core, web):
         assert core.execute(web, "hostname").stdout == "web\n"
     finally:
         core.destroy(clone)
+
+
+def test_piped_tables_are_full_width_plain_rows(core, cli, web):
+    info = core.get(web)
+    listed = cli("list").stdout.decode()
+    row = next(line for line in listed.splitlines() if line.startswith("web "))
+    assert info.id in row and f"127.0.0.1:{info.ssh_port}" in row and len(row) > 80
+    assert "…" not in listed and "│" not in listed and "━" not in listed
+    once = cli("top", "--once").stdout.decode()
+    assert once.splitlines()[1].split()[:3] == ["NAME", "STATE", "HEALTH"]
+    assert any(line.startswith("web ") and "HEALTHY" in line for line in once.splitlines())
+
+
+def test_top_without_a_terminal_prints_frames_at_once(cli, web):
+    proc = subprocess.Popen([*VMSANDBOX, "--config", str(cli.config), "top"],      # interval 10 s
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    started = time.monotonic()
+    try:
+        lines = []
+        while not any(line.startswith("web ") for line in lines):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+        took = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert lines[0].startswith("vmsandbox top") and lines[1].split()[0] == "NAME"
+    row = next(line for line in lines if line.startswith("web "))
+    assert "%" in row                                  # CPU measured before the first frame
+    assert took < 8, f"first frame after {took:.1f} s"             # not one 10 s interval later

@@ -112,10 +112,13 @@ def _start_watchdog(core):
 
 
 def _batch_frames(core, wd, period: float) -> None:
-    """Frames of plain rows for a pipe: the first as soon as the watchdog has measured CPU once."""
-    deadline = time.monotonic() + 2 * period + 5
-    while wd.rounds < 2 and time.monotonic() < deadline:     # CPU % needs two samples
-        time.sleep(0.1)
+    """Frames of plain rows for a pipe: the first within a second, not one interval later."""
+    from ..watchdog import ON_DEMAND_CPU_WINDOW
+    deadline = time.monotonic() + period + 5
+    while wd.rounds < 1 and time.monotonic() < deadline:     # the thread's first round, then
+        time.sleep(0.05)
+    time.sleep(ON_DEMAND_CPU_WINDOW)
+    wd.sample()                                              # a second one now: CPU % needs two
     while True:
         snap = wd.snapshot()
         plain_rows(_COLUMNS, [_top_row(snap[i.id]) for i in core.store.list_sandboxes() if i.id in snap],
