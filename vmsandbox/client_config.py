@@ -94,7 +94,9 @@ class ClientSettings:
         def pct(value: object) -> str:          # ssh expands %-tokens in these options
             return str(value).replace("%", "%%")
         return [
-            ("HostName", "127.0.0.1"),          # unused with ProxyCommand; keeps -G output honest
+            # Never resolved or dialled with a ProxyCommand, but it is ssh's %h (in ControlPath and
+            # such): one name per sandbox, so connection sharing never mixes two sandboxes up.
+            ("HostName", self.host_key_alias),
             ("User", self.user),
             ("IdentityFile", pct(self.identity_file)),
             ("IdentitiesOnly", "yes"),
@@ -125,9 +127,11 @@ class ClientSettings:
         return args
 
     def ansible_vars(self) -> dict:
-        """Host variables for an ansible inventory (ssh connection plugin)."""
+        """Host variables for an ansible inventory (ssh connection plugin). ``ansible_host`` is
+        the per-sandbox alias, never dialled (the ProxyCommand is): ansible's ControlPath hashes
+        it, and 127.0.0.1 for every sandbox would share one master connection between them."""
         return {
-            "ansible_host": "127.0.0.1",
+            "ansible_host": self.host_key_alias,
             "ansible_user": self.user,
             "ansible_ssh_private_key_file": str(self.identity_file),
             "ansible_ssh_common_args": shlex.join(

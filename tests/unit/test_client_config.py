@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -70,7 +71,9 @@ def test_config_block_answers_to_both_names_and_never_names_a_port(tmp_path):
     assert "    UserKnownHostsFile /s/50%%/kh" in block
     assert "    ProxyCommand /usr/bin/vmsandbox --state-dir '/a b' ssh-proxy web" in block
     assert s.ssh_args()[-1] == "ProxyCommand=/usr/bin/vmsandbox --state-dir '/a b' ssh-proxy web"
+    assert "    HostName vmsandbox-sb-1" in block          # %h differs per sandbox (ControlPath)
     av = s.ansible_vars()
+    assert av["ansible_host"] == "vmsandbox-sb-1"
     assert av["ansible_user"] == "root" and av["ansible_ssh_private_key_file"] == "/k/id 1"
     assert "HostKeyAlias=vmsandbox-sb-1" in av["ansible_ssh_common_args"]
 
@@ -156,3 +159,35 @@ def test_proxy_for_unknown_sandbox_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "vmsandbox", "--state-dir", str(tmp_path), "ssh-proxy", "nope"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 3 and done.stderr.count("\n") == 1 and "no sandbox 'nope'" in done.stderr
+
+
+@needs_dropbear
+def test_shared_connections_never_mix_two_sandboxes(world):
+    """ansible (ControlPersist) and users with a global ControlPath key the master on %h."""
+    srv2 = DropbearServer(world.tmp / "api")
+    srv2.host_key_file.unlink()
+    shutil.copy(world.server.host_key_file, srv2.host_key_file)
+    shutil.copy(world.server.home / ".ssh" / "authorized_keys", srv2.home / ".ssh" / "authorized_keys")
+    (world.server.home / "who").write_text("web\n")
+    (srv2.home / "who").write_text("api\n")
+    srv2.start()
+    try:
+        api = world.store.reserve_sandbox(id="sb-aaaaaaaaaaaa", name="api", box="tiny", domain="d2", cpu="1",
+                                          memory="256M", disk="1G", network_mode="none", persistent=False,
+                                          port_range=(20000, 20100))
+        world.store.update_sandbox(api.id, state=SandboxState.RUNNING, ssh_port=srv2.port)
+        cfg = world.tmp / "cfg"
+        cfg.write_text(client_settings(world.core, "web").config_block() + client_settings(world.core, "api").config_block())
+        sockets = tempfile.mkdtemp(prefix="cm", dir="/tmp")       # unix socket paths are short
+        mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={sockets}/%h", "-o", "ControlPersist=30"]
+        try:
+            first = _ssh(cfg, *mux, "web", "cat ~/who")
+            assert first.stdout == "web\n", first.stderr
+            assert _ssh(cfg, *mux, "api", "cat ~/who").stdout == "api\n"
+            assert _ssh(cfg, *mux, "web", "cat ~/who").stdout == "web\n"
+        finally:
+            for host in ("web", "api"):
+                _ssh(cfg, *mux, "-O", "exit", host)
+            shutil.rmtree(sockets, ignore_errors=True)
+    finally:
+        srv2.stop()
