@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional
 
 from .exceptions import ConfigError, NotFoundError, ProviderError, ResourceLimitError, StateError
 from .models import SandboxInfo, SandboxState
@@ -198,9 +198,11 @@ def connect_current(store, boxes, state_dir: Path, name: str, wait: float = 60.0
         time.sleep(0.25)
 
 
-def pump(sock: socket.socket, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
-    """Copy stdin to the socket and the socket to stdout until the guest closes the connection."""
-    sock.settimeout(None)
+def pump(sock: socket.socket, stdin_fd: int = 0, stdout_fd: int = 1,
+         still_open: Optional[Callable[[], None]] = None, every: float = 60.0) -> None:
+    """Copy stdin to the socket and the socket to stdout until the guest closes the connection;
+    ``still_open()`` runs every ``every`` seconds meanwhile (an open session is use, not idleness)."""
+    sock.settimeout(every if still_open else None)
 
     def upstream() -> None:
         try:
@@ -217,6 +219,12 @@ def pump(sock: socket.socket, stdin_fd: int = 0, stdout_fd: int = 1) -> None:
     while True:
         try:
             data = sock.recv(65536)
+        except socket.timeout:
+            try:
+                still_open()
+            except Exception:                   # bookkeeping never breaks the connection
+                pass
+            continue
         except OSError:
             break
         if not data:

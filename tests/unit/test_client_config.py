@@ -191,3 +191,29 @@ def test_shared_connections_never_mix_two_sandboxes(world):
             shutil.rmtree(sockets, ignore_errors=True)
     finally:
         srv2.stop()
+
+
+def test_pump_copies_both_ways_and_reports_an_open_session(tmp_path):
+    import os
+    import socket
+    from vmsandbox.client_config import pump
+    guest, proxy_end = socket.socketpair()
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    ticks = []
+    t = threading.Thread(target=pump, args=(proxy_end, in_r, out_w), kwargs={"still_open": lambda: ticks.append(1),
+                                                                            "every": 0.1})
+    t.start()
+    os.write(in_w, b"to-guest")
+    assert guest.recv(100) == b"to-guest"
+    guest.sendall(b"to-client")
+    assert os.read(out_r, 100) == b"to-client"
+    time.sleep(0.35)                                  # idle but open: counted as use
+    assert len(ticks) >= 2
+    os.close(in_w)                                    # client EOF is passed on as a half-close
+    assert guest.recv(100) == b""
+    guest.close()                                     # the guest hangs up: the pump ends
+    t.join(5)
+    assert not t.is_alive()
+    for fd in (in_r, out_r, out_w):
+        os.close(fd)

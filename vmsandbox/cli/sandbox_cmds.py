@@ -240,9 +240,9 @@ def ssh_proxy(ctx, name, wait, box_dir):
                                      config.sandbox.state_path, name, wait=wait)
         store.touch(info.id)
         store.audit("ssh-proxy", "ok", info, port=info.ssh_port)
+        pump(sock, still_open=lambda: store.touch(info.id))     # gc's ttl counts an open session as use
     finally:
         store.close()
-    pump(sock)
 
 
 @command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
