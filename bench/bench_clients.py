@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -73,7 +74,13 @@ def main() -> int:
         for _ in range(max(3, args.runs // 3)):
             rows["scp 32 MiB in"][0].append(timed(["scp", "-F", str(cfg), "-o", "BatchMode=yes", str(blob), "bench:/tmp/b"]))
             rows["scp 32 MiB in"][1].append(timed([*scp_direct, str(blob), "127.0.0.1:/tmp/b"]))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        for _ in range(args.runs):          # the proxy alone: start, connect, banner, guest hangs up on EOF
+            subprocess.run(list(s.proxy_command), stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / args.runs
         print(f"load {os.getloadavg()[0]:.2f}; medians of {args.runs} (scp: {len(rows['scp 32 MiB in'][0])})")
+        print(f"ssh-proxy CPU per connection (user+sys, mean of {args.runs}): {cpu * 1000:.0f} ms")
         print(f"{'':28} {'via ssh-proxy':>14} {'direct':>10} {'cost':>10}")
         for name, (p, d) in rows.items():
             mp, md = statistics.median(p), statistics.median(d)

@@ -13,6 +13,7 @@ from the record before each connection, so a re-pinned key is picked up as well.
 from __future__ import annotations
 
 import os
+import select
 import shlex
 import shutil
 import socket
@@ -174,10 +175,11 @@ def connect_current(store, boxes, state_dir: Path, name: str, wait: float = 60.0
         info = store.get_sandbox(name)
         if info.state in (SandboxState.PAUSED, SandboxState.STOPPED, SandboxState.BROKEN, SandboxState.DESTROYING):
             why = f" ({info.reason})" if info.reason else ""
-            cls = ResourceLimitError if info.reason.startswith("limit:") else StateError
             hint = {SandboxState.PAUSED: "resume", SandboxState.STOPPED: "start"}.get(info.state)
             msg = f"sandbox {info.name!r} is {info.state}{why}" + (f"; `vmsandbox {hint} {info.name}`" if hint else "")
-            raise ResourceLimitError(msg) if cls is ResourceLimitError else StateError(msg, info.state)
+            if info.reason.startswith("limit:"):
+                raise ResourceLimitError(msg)
+            raise StateError(msg, info.state)
         if info.state is SandboxState.RUNNING:
             try:
                 host_key = pinned_host_key(boxes, info)
@@ -202,7 +204,7 @@ def pump(sock: socket.socket, stdin_fd: int = 0, stdout_fd: int = 1,
          still_open: Optional[Callable[[], None]] = None, every: float = 60.0) -> None:
     """Copy stdin to the socket and the socket to stdout until the guest closes the connection;
     ``still_open()`` runs every ``every`` seconds meanwhile (an open session is use, not idleness)."""
-    sock.settimeout(every if still_open else None)
+    sock.settimeout(None)
 
     def upstream() -> None:
         try:
@@ -216,15 +218,19 @@ def pump(sock: socket.socket, stdin_fd: int = 0, stdout_fd: int = 1,
             pass
 
     threading.Thread(target=upstream, name="ssh-proxy-up", daemon=True).start()
+    last = time.monotonic()
     while True:
+        if still_open is not None:              # on the clock, busy or idle
+            if time.monotonic() - last >= every:
+                last = time.monotonic()
+                try:
+                    still_open()
+                except Exception:               # bookkeeping never breaks the connection
+                    pass
+            if not select.select([sock], [], [], max(0.0, every - (time.monotonic() - last)))[0]:
+                continue
         try:
             data = sock.recv(65536)
-        except socket.timeout:
-            try:
-                still_open()
-            except Exception:                   # bookkeeping never breaks the connection
-                pass
-            continue
         except OSError:
             break
         if not data:
