@@ -46,14 +46,14 @@ def known_hosts_path(state_dir: Path, info: SandboxInfo) -> Path:
 
 def write_known_hosts(state_dir: Path, info: SandboxInfo, host_key: str) -> Path:
     """(Re)write the sandbox's known_hosts file when its content differs; atomic for concurrent readers."""
-    from .ssh import normalize_host_key
     path = known_hosts_path(state_dir, info)
-    line = f"{host_key_alias(info)} {normalize_host_key(host_key)}\n"
     try:
-        if path.read_text() == line:
-            return path
+        if path.read_text() == f"{host_key_alias(info)} {' '.join(host_key.split()[:2])}\n":
+            return path                 # the usual case: no need to load paramiko to check the key
     except OSError:
         pass
+    from .ssh import normalize_host_key
+    line = f"{host_key_alias(info)} {normalize_host_key(host_key)}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".known_hosts.{os.getpid()}.{threading.get_ident()}")
     tmp.write_text(line)
