@@ -6,16 +6,13 @@ import asyncio
 import functools
 from typing import Any
 
-from .core import SandboxCore
+from .core import PUBLIC_METHODS, SandboxCore
 
 
 class AsyncSandboxCore:
     """``SandboxCore`` with every public operation as a coroutine (run in a worker thread)."""
 
-    METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
-               "resume", "put_file", "get_file", "gc", "doctor", "audit_log", "throttle", "unthrottle",
-               "emergency_shutdown", "get_health_status", "create_snapshot", "rollback", "list_snapshots",
-               "delete_snapshot", "cleanup_snapshots")
+    METHODS = PUBLIC_METHODS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.sync = SandboxCore(*args, **kwargs)

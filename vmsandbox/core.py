@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
+from .api_guard import guard_methods
 from .config import Config, load_config
 from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError, SandboxError,
                          SecurityError, StateError)
@@ -420,7 +421,7 @@ class SandboxCore:
         self.provider_of(sandbox_id).require_capability(Capability.CPU_QUOTA, "throttle a sandbox")
         with self._on(sandbox_id), self.ops.run(_ref(sandbox_id), "throttle") as op:
             self.router.set_cpu_quota(op.info.domain, fraction)
-            op.update(throttled=fraction)
+            op.update(throttled=fraction, throttle_reason=reason)
             op.detail.update(fraction=fraction, reason=reason)
         return op.info
 
@@ -429,7 +430,7 @@ class SandboxCore:
         with self._on(sandbox_id), self.ops.run(_ref(sandbox_id), "unthrottle") as op:
             cpu = float(op.info.cpu)
             self.router.set_cpu_quota(op.info.domain, cpu if cpu < 1 else None)
-            op.update(throttled=None)
+            op.update(throttled=None, throttle_reason="")
         return op.info
 
     def emergency_shutdown(self, sandbox_id: str, reason: str = "emergency shutdown requested") -> SandboxInfo:
@@ -503,3 +504,13 @@ def _ref(sandbox: Any) -> str:
     if not isinstance(sandbox, str) or not sandbox:
         raise ConfigError(f"{type(sandbox).__name__} {sandbox!r:.60} is not a sandbox id or name", "sandbox_id")
     return sandbox
+
+
+#: the public operations, synchronous here and coroutines in ``AsyncSandboxCore``
+PUBLIC_METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
+                  "resume", "put_file", "get_file", "gc", "doctor", "audit_log", "throttle", "unthrottle",
+                  "emergency_shutdown", "get_health_status", "create_snapshot", "rollback", "list_snapshots",
+                  "delete_snapshot", "cleanup_snapshots")
+
+# Refuse a synchronous call inside an event loop, and wrong arguments, before anything happens.
+guard_methods(SandboxCore, PUBLIC_METHODS)

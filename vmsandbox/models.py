@@ -109,6 +109,7 @@ class SandboxInfo(_Record):
     ttl_seconds: float = 3600.0
     host_key: str = ""              # pinned SSH host key learnt on first use ("" = the box's)
     throttled: Optional[float] = None
+    throttle_reason: str = ""
     cloned_from: str = ""           # snapshot id
     labels: dict = field(default_factory=dict)
 

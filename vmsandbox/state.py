@@ -10,21 +10,28 @@ import json
 import time
 from typing import Any, Mapping, Optional
 
+from .config import load_config
 from .core import SandboxCore
 from .models import Snapshot
 
 
 class StateManager:
     """``StateManager(storage_path=...)`` opens (or creates) the state directory at that path;
-    ``StateManager(core=...)`` shares an existing SandboxCore."""
+    ``StateManager(core=...)`` shares an existing SandboxCore.
+
+    Its own core is configured like ``SandboxCore``: ``config_path`` (or ``$VMSANDBOX_CONFIG``),
+    then ``config``, then ``storage_path`` as ``sandbox.state_directory``. The boxes stay where
+    that configuration keeps them (``storage_path`` moves the state, not the boxes)."""
 
     def __init__(self, storage_path: Optional[str] = None, core: Optional[SandboxCore] = None,
-                 config: Optional[Mapping] = None) -> None:
+                 config: Optional[Mapping] = None, config_path: Optional[str] = None) -> None:
         if core is None:
             cfg = dict(config or {})
             if storage_path:
-                cfg = {**cfg, "sandbox": {**cfg.get("sandbox", {}), "state_directory": str(storage_path)}}
-            core = SandboxCore(config=cfg, start_watchdog=False)
+                layered = load_config(config_path, cfg).sandbox
+                cfg = {**cfg, "sandbox": {**cfg.get("sandbox", {}), "state_directory": str(storage_path),
+                                          "box_directory": str(layered.box_path)}}
+            core = SandboxCore(config_path=config_path, config=cfg, start_watchdog=False)
             self._owns_core = True
         else:
             self._owns_core = False

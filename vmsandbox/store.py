@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     ttl_seconds REAL NOT NULL DEFAULT 3600,
     host_key TEXT NOT NULL DEFAULT '',
     throttled REAL,
+    throttle_reason TEXT NOT NULL DEFAULT '',
     cloned_from TEXT NOT NULL DEFAULT '',
     labels TEXT NOT NULL DEFAULT '{}'
 );
@@ -114,6 +115,7 @@ _V1_COLUMNS = (("provider", "TEXT NOT NULL DEFAULT 'libvirt'", "'libvirt'"),
                ("ttl_seconds", "REAL NOT NULL DEFAULT 3600", "json_extract(extra, '$.ttl_seconds')"),
                ("host_key", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.host_key')"),
                ("throttled", "REAL", "json_extract(extra, '$.throttled')"),
+               ("throttle_reason", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.throttle_reason')"),
                ("cloned_from", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.cloned_from')"),
                ("labels", "TEXT NOT NULL DEFAULT '{}'", "'{}'"))
 

@@ -69,7 +69,10 @@ def test_create_and_clone_each_pin_their_own_host_key(core):
 
 @pytest.mark.parametrize("user", ["root\n    ProxyCommand touch /tmp/pwned", 'ro"ot', "ro\x1bot", ""])
 def test_openssh_config_refuses_values_that_would_inject_directives(tmp_path, user):
-    from vmsandbox.ssh import openssh_config
+    from vmsandbox.client_config import ClientSettings
+
+    def block(u, key):
+        return ClientSettings("x", u, key, tmp_path / "known", "vmsandbox-sb-1", ("vmsandbox", "ssh-proxy", "x")).config_block()
     with pytest.raises(ConfigError, match="OpenSSH config"):
-        openssh_config("vmsandbox-x", 2222, user, tmp_path / "key", tmp_path / "known")
-    assert "User root" in openssh_config("vmsandbox-x", 2222, "root", tmp_path / "k y", tmp_path / "known")
+        block(user, tmp_path / "key")
+    assert "User root" in block("root", tmp_path / "k y")

@@ -108,10 +108,26 @@ def add_row(t: Table, row: list[Any]) -> None:
 
 
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """A table for people on a terminal; full-width plain rows (nothing cut) for a pipe or a file.
+    Either way every cell is shown literally with controls escaped."""
+    if not out.is_terminal:
+        plain_rows(columns, rows, title)
+        return
     t = safe_table(columns, title)
     for r in rows:
         add_row(t, r)
     out.print(t)
+
+
+def plain_rows(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """Columns padded to their widest cell, never cut at the terminal width (for pipes; use --json
+    to parse); cells escaped like the terminal table's (``literal``)."""
+    cells = [[literal(v).plain for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    if title:
+        click.echo(literal(title).plain)
+    for r in ([columns] if any(columns) else []) + cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def say(message: Any, err: bool = False) -> None:

@@ -9,6 +9,8 @@ time is linear in the input, so no pattern can make ``validate`` hang (no catast
 from __future__ import annotations
 
 import fnmatch
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -45,25 +47,54 @@ def _level(value: Any, path: str) -> RiskLevel:
     raise ConfigError(f"{value!r} is not a level (LOW, MEDIUM, HIGH, CRITICAL)", path)
 
 
-def _section(config: Union[None, Mapping, SafetySection, Config]) -> SafetySection:
+_TOP_SECTIONS = {"sandbox", "ssh", "safety", "rollback", "monitoring"}
+
+
+def _section(config: Union[None, Mapping, SafetySection, Config, str, os.PathLike]) -> SafetySection:
     if config is None:
         return SafetySection()
     if isinstance(config, Config):
         return config.safety
     if isinstance(config, SafetySection):
         return config
+    if isinstance(config, (str, os.PathLike)):            # a YAML config file
+        return load_config(config).safety
     if isinstance(config, Mapping):
+        if _TOP_SECTIONS & set(config):                   # the whole config (as the seed API passes it)
+            return load_config(config={"safety": dict(config.get("safety") or {})}).safety
         return load_config(config={"safety": dict(config)}).safety
-    raise ConfigError(f"expected a safety section, a mapping or a Config, got {type(config).__name__}", "safety")
+    raise ConfigError(f"expected a config (mapping, Config or YAML path) or its safety section, "
+                      f"got {type(config).__name__}", "safety")
+
+
+def _usage(usage: Any) -> ResourceUsage:
+    """``ResourceUsage``, a mapping {cpu, memory, disk} or the health ``metrics`` (or ``Health``)."""
+    if isinstance(usage, ResourceUsage):
+        return usage
+    if isinstance(usage, Mapping):
+        unknown = set(usage) - {"cpu", "memory", "disk"}
+        if unknown:
+            raise ConfigError(f"unknown key {sorted(unknown)[0]!r} (known: cpu, disk, memory)", "usage")
+        def num(key, parse):
+            v = usage.get(key)
+            return None if v is None else parse(v, f"usage.{key}")
+        return ResourceUsage(cpu=num("cpu", parse_cpu), memory=num("memory", parse_size), disk=num("disk", parse_size))
+    metrics = getattr(usage, "metrics", usage)             # Health -> its Metrics
+    if all(hasattr(metrics, a) for a in ("cpu_used", "memory_used", "disk_used")):
+        return ResourceUsage(cpu=metrics.cpu_used, memory=metrics.memory_used, disk=metrics.disk_used)
+    raise ConfigError(f"expected ResourceUsage, a mapping {{cpu, memory, disk}} or health metrics, "
+                      f"got {type(usage).__name__}", "usage")
 
 
 class SafetyValidator:
     """Screens commands before they run. Construct once and reuse: parsing state is cached.
 
-    Raises ``ConfigError`` (naming the key path) when the ``safety`` section is invalid.
+    ``config``: the whole config (a mapping of sections, a ``Config`` or a YAML path; its
+    ``safety`` section is used), or the safety section alone. Raises ``ConfigError`` (naming
+    the key path) when the ``safety`` section is invalid.
     """
 
-    def __init__(self, config: Union[None, Mapping, SafetySection, Config] = None) -> None:
+    def __init__(self, config: Union[None, Mapping, SafetySection, Config, str, os.PathLike] = None) -> None:
         self.section = _section(config)
         v = self.section.validation
         self.enabled = bool(v.enabled)
@@ -175,8 +206,10 @@ class SafetyValidator:
 
     # --- resources ----------------------------------------------------------------------------
 
-    def limit_breaches(self, usage: ResourceUsage, limits: Union[None, Limits, Mapping] = None) -> list[str]:
-        """One sentence per limit that ``usage`` exceeds; unknown (None) fields never breach."""
+    def limit_breaches(self, usage: Any, limits: Union[None, Limits, Mapping] = None) -> list[str]:
+        """One sentence per limit that ``usage`` exceeds; unknown (None) fields never breach.
+        ``usage``: ResourceUsage, a mapping {cpu, memory, disk}, or health metrics (ConfigError otherwise)."""
+        usage = _usage(usage)
         cpu, memory, disk = self._limit_values(limits)
         out: list[str] = []
         if usage.cpu is not None and usage.cpu > cpu:
@@ -187,8 +220,10 @@ class SafetyValidator:
             out.append(f"Disk use {_human(usage.disk)} is above the limit of {_human(disk)}.")
         return out
 
-    def check_resource_limits(self, usage: ResourceUsage, limits: Union[None, Limits, Mapping] = None) -> bool:
-        """True when ``usage`` is within the limits (default ``safety.limits``)."""
+    def check_resource_limits(self, usage: Any, limits: Union[None, Limits, Mapping] = None) -> bool:
+        """True when ``usage`` is within the limits (default ``safety.limits``). ``usage`` is a
+        ResourceUsage, a mapping {cpu, memory, disk}, or the ``metrics`` of ``get_health_status``
+        (or that Health itself); anything else is a ConfigError."""
         return not self.limit_breaches(usage, limits)
 
     def _limit_values(self, limits: Union[None, Limits, Mapping]) -> tuple[float, int, int]:

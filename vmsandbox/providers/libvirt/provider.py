@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import threading
 import time
@@ -352,7 +353,7 @@ class LibvirtProvider(Provider):
         MAC and host name (its memory still has its origin's)."""
         cmd = f"date -s @{int(time.time())} >/dev/null"
         if clone:
-            cmd += f"; ip link set dev eth0 address {spec.mac}; hostname {spec.hostname}"
+            cmd += f"; ip link set dev eth0 address {spec.mac}; hostname {shlex.quote(spec.hostname)}"
         r = session.execute(cmd, timeout=15)
         if r.exit_code != 0:
             log.warning("post-restore fix-up of %s failed: %s", spec.name, r.stderr.strip())
