@@ -70,6 +70,7 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tvmsandbox\n::1\tlocalhost ip6-localhost
 echo "nameserver 10.0.2.3" > "$ROOT/etc/resolv.conf"
 echo "/dev/vda / ext4 defaults,errors=remount-ro 0 0" > "$ROOT/etc/fstab"
 : > "$ROOT/etc/machine-id"
+ln -sf ../proc/self/mounts "$ROOT/etc/mtab"
 install -m 644 "$HERE/files/interfaces" "$ROOT/etc/network/interfaces"
 install -m 755 "$HERE/files/vmsandbox-netmap" "$ROOT/usr/local/sbin/vmsandbox-netmap"
 install -m 644 "$HERE/files/sshd.conf" "$ROOT/etc/ssh/sshd_config.d/vmsandbox.conf"
