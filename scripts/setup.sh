@@ -13,6 +13,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients           # libvirtd, virtlogd, virsh
   libvirt-dev pkg-config gcc python3-dev          # to build libvirt-python
   linux-image-cloud-amd64 busybox-static dropbear-bin openssh-client e2fsprogs cpio   # the tiny box
+  openssh-sftp-server rsync                       # scp/sftp/rsync into the tiny box
   syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
   iproute2 util-linux procps
 )

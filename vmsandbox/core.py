@@ -525,7 +525,7 @@ class SandboxCore:
         info = self.get(sandbox_id)
         self._require(info, "throttle")
         self.provider.set_cpu_quota(info.domain, fraction)
-        info = self.store.update_sandbox(info.id, extra={"throttled": fraction})
+        info = self.store.update_sandbox(info.id, extra={"throttled": fraction, "throttle_reason": reason})
         self.store.audit("throttle", "ok", info, fraction=fraction, reason=reason)
         return info
 
@@ -534,7 +534,7 @@ class SandboxCore:
         self._require(info, "throttle")
         cpu = parse_cpu(info.cpu)
         self.provider.set_cpu_quota(info.domain, cpu if cpu < 1 else None)
-        info = self.store.update_sandbox(info.id, extra={"throttled": None})
+        info = self.store.update_sandbox(info.id, extra={"throttled": None, "throttle_reason": None})
         self.store.audit("unthrottle", "ok", info)
         return info
 

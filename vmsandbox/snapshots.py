@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import re
+import shlex
 import threading
 import time
 import uuid
@@ -300,10 +301,11 @@ class SnapshotManager:
             self.core.provider.start_machine(spec)
 
     def _after_restore(self, info: SandboxInfo, new_mac: str | None = None) -> None:
-        """A restored guest's clock is at snapshot time: set it from the host; give a clone its own MAC."""
+        """A restored guest's clock is at snapshot time: set it from the host; give a clone its own
+        MAC and host name (its memory still holds its origin's)."""
         cmd = f"date -s @{int(time.time())} >/dev/null"
         if new_mac:
-            cmd += f"; ip link set dev eth0 address {new_mac}"
+            cmd += f"; ip link set dev eth0 address {new_mac}; hostname {shlex.quote(info.name)}"
         r = self.core.session(info).execute(cmd, timeout=15)
         if r.exit_code != 0:
             log.warning("post-restore fix-up of %s failed: %s", info.name, r.stderr.strip())

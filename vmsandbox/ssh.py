@@ -79,7 +79,7 @@ class SSHSession:
         self.port = port
         self.username = username
         self.key_path = Path(key_path)
-        self.host_key = _normalize_keyline(host_key) if host_key else None
+        self.host_key = normalize_host_key(host_key) if host_key else None
         self.connect_timeout = connect_timeout
         self.on_new_host_key = on_new_host_key
         self._pkey = _load_private_key(self.key_path)
@@ -257,8 +257,9 @@ class SSHSession:
 
         A non-zero exit is a normal result. Past ``timeout`` seconds the command and its
         children are killed and the result has ``timed_out=True, exit_code=None``. Each stream
-        keeps at most ``max_output`` bytes (``truncated=True`` when more came); ``on_stdout`` /
-        ``on_stderr`` get every raw chunk as it arrives. Raises ``ProviderError`` when the
+        keeps at most ``max_output`` bytes (``truncated=True`` when more came; the rest is read and
+        dropped while the command runs on); ``on_stdout`` / ``on_stderr`` get the same bytes as
+        they arrive. Raises ``ProviderError`` when the
         connection fails, ``ConfigError`` for an invalid environment variable name.
         """
         script = _shell_script(command, working_dir, env)
@@ -406,7 +407,9 @@ class SSHSession:
 # --------------------------------------------------------------------- helpers
 
 class _CappedBuffer:
-    """Keeps the first ``limit`` bytes of a stream, passes every chunk to ``on_chunk``."""
+    """Keeps the first ``limit`` bytes of a stream and passes the same bytes on to ``on_chunk``:
+    a caller streaming the output sees exactly what the result keeps. The rest is read (so the
+    command is never blocked on a full pipe) and dropped."""
 
     def __init__(self, limit: int, on_chunk: Callable[[bytes], None] | None = None) -> None:
         self.limit = limit
@@ -415,13 +418,14 @@ class _CappedBuffer:
         self.truncated = False
 
     def write(self, chunk: bytes) -> None:
-        if self.on_chunk is not None:
-            self.on_chunk(chunk)
         room = self.limit - len(self.data)
         if len(chunk) > room:
             self.truncated = True
-        if room > 0:
-            self.data += chunk[:room]
+            chunk = chunk[:max(room, 0)]
+        if chunk:
+            self.data += chunk
+            if self.on_chunk is not None:
+                self.on_chunk(chunk)
 
     def text(self) -> str:
         return self.data.decode("utf-8", errors="replace")
@@ -521,7 +525,7 @@ def _load_private_key(path: Path) -> paramiko.PKey:
         raise ProviderError(f"cannot load SSH key {path}: {exc}") from exc
 
 
-def _normalize_keyline(keyline: str) -> str:
+def normalize_host_key(keyline: str) -> str:
     """'type base64 [comment]' -> 'type base64'; rejects anything else."""
     fields = keyline.split()
     if len(fields) < 2:
@@ -559,30 +563,4 @@ def _console_tail(console_log: Path | None) -> str:
     return f"; console log: {console_log}, last lines:\n{tail}"
 
 
-def known_hosts_line(port: int, host_key: str) -> str:
-    """The known_hosts line for a guest forwarded on 127.0.0.1:``port``."""
-    host = "127.0.0.1" if port == 22 else f"[127.0.0.1]:{port}"
-    return f"{host} {_normalize_keyline(host_key)}"
-
-
-def openssh_config(alias: str, port: int, user: str, key_path: Path, known_hosts: Path) -> str:
-    """An OpenSSH client config block that reaches the guest with its pinned host key."""
-    def arg(value: object) -> str:
-        text = str(value)
-        return f'"{text}"' if any(c.isspace() for c in text) else text
-
-    return "\n".join([
-        f"Host {alias}",
-        "    HostName 127.0.0.1",
-        f"    Port {port}",
-        f"    User {arg(user)}",
-        f"    IdentityFile {arg(key_path)}",
-        "    IdentitiesOnly yes",
-        "    PasswordAuthentication no",
-        f"    UserKnownHostsFile {arg(known_hosts)}",
-        "    StrictHostKeyChecking yes",
-        "",
-    ])
-
-
-__all__ = ["SSHSession", "openssh_config", "known_hosts_line"]
+__all__ = ["SSHSession", "normalize_host_key"]

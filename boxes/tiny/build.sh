@@ -21,7 +21,7 @@ require_tools dropbearkey ssh-keygen mkfs.ext4 qemu-img cpio gzip ldd awk
 kver=$(kernel_version)
 step "kernel $kver"
 make_user_key "$OUT"
-step "root tree (busybox, dropbear, keys)"
+step "root tree (busybox, dropbear, sftp-server, keys)"
 make_rootfs "$WORK/root" "$OUT/ssh_key.pub"
 step "initramfs"
 make_initramfs "$kver" "$OUT/initrd.img"

@@ -1,12 +1,15 @@
 # Shared steps of the vmsandbox box recipes (sourced by boxes/*/build.sh; POSIX sh).
 # Everything is built offline as plain files from packages installed on this machine:
 # linux-image-cloud-amd64 (kernel + modules), busybox-static, dropbear-bin, openssh-client
-# (ssh-keygen), e2fsprogs (mkfs.ext4 -d), cpio, gzip. No loop mounts, no root-only tricks.
+# (ssh-keygen, scp), openssh-sftp-server, rsync (optional), e2fsprogs (mkfs.ext4 -d), cpio, gzip. No loop mounts, no root-only tricks.
 
 TINY_DIR=$(CDPATH= cd -- "$(dirname -- "$0")/../tiny" && pwd)
 FILES="$TINY_DIR/files"
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 DROPBEAR=${DROPBEAR:-/usr/sbin/dropbear}
+SFTP_SERVER=${SFTP_SERVER:-/usr/lib/openssh/sftp-server}
+# Applets Debian's busybox-static lacks, copied from the host (coreutils, util-linux) when present.
+HOST_TOOLS="nohup nice flock install split comm join cksum script"
 # Loaded in dependency order (resolved from modules.dep) by the initramfs.
 # Modules come from MODULES_ROOT/lib/modules (default: this machine's; the debian recipe points it at its tree).
 MODULES_ROOT=${MODULES_ROOT:-}
@@ -75,6 +78,20 @@ install_busybox() {
     done
 }
 
+# install_binary TREE SRC DEST: copy the host's SRC to TREE/DEST with its shared libraries at the
+# paths its loader expects.
+install_binary() {
+    [ -x "$2" ] || die "$2 not found (install the package that provides it; see scripts/setup.sh)"
+    mkdir -p "$1$(dirname "$3")"
+    cp -L "$2" "$1$3"
+    ldd "$2" > "$WORK/binary.ldd" || die "ldd $2 failed"
+    for lib in $(awk '/=> \// {print $3} /^[ \t]*\// {print $1}' "$WORK/binary.ldd"); do
+        [ -e "$1$lib" ] && continue
+        mkdir -p "$1$(dirname "$lib")"
+        cp -L "$lib" "$1$lib"
+    done
+}
+
 # make_initramfs KERNEL_VERSION OUTPUT: gzip'd newc cpio with busybox, the modules and /init.
 make_initramfs() {
     tree="$WORK/initramfs"
@@ -105,12 +122,17 @@ make_rootfs() {
     ln -s bin "$tree/sbin"
     ln -s ../bin "$tree/usr/bin"
     ln -s ../bin "$tree/usr/sbin"
-    cp "$DROPBEAR" "$tree/bin/dropbear"
-    # dropbear's shared libraries at the paths its loader expects.
-    ldd "$DROPBEAR" > "$WORK/dropbear.ldd" || die "ldd $DROPBEAR failed"
-    for lib in $(awk '/=> \// {print $3} /^[ \t]*\// {print $1}' "$WORK/dropbear.ldd"); do
-        mkdir -p "$tree$(dirname "$lib")"
-        cp -L "$lib" "$tree$lib"
+    install_binary "$tree" "$DROPBEAR" /bin/dropbear
+    # What scp, sftp and rsync clients run on the server side: dropbear's compiled-in sftp-server
+    # path, and scp/rsync on its PATH.
+    install_binary "$tree" "$SFTP_SERVER" /usr/lib/sftp-server
+    install_binary "$tree" "$(command -v scp)" /bin/scp
+    if command -v rsync >/dev/null 2>&1; then install_binary "$tree" "$(command -v rsync)" /bin/rsync; fi
+    # Debian's busybox-static leaves out applets that coreutils/util-linux provide; add those.
+    for tool in $HOST_TOOLS; do
+        if [ ! -e "$tree/bin/$tool" ] && command -v "$tool" >/dev/null 2>&1; then
+            install_binary "$tree" "$(command -v "$tool")" "/bin/$tool"
+        fi
     done
     mkdir -p "$tree/dev" "$tree/proc" "$tree/sys" "$tree/tmp" "$tree/run" "$tree/mnt" \
         "$tree/home" "$tree/var/log" "$tree/etc/dropbear" "$tree/etc/acpi/PWRF" "$tree/etc/udhcpc"

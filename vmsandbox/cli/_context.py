@@ -76,12 +76,26 @@ def print_json(data: Any) -> None:
 
 
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """A table for people on a terminal; full-width plain rows (nothing cut) for a pipe or a file."""
+    if not out.is_terminal:
+        plain_rows(columns, rows, title)
+        return
     t = Table(title=title)
     for c in columns:
         t.add_column(c)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     out.print(t)
+
+
+def plain_rows(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    """Columns padded to their widest cell, never cut at the terminal width (for pipes; use --json to parse)."""
+    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    if title:
+        click.echo(title)
+    for r in ([columns] if any(columns) else []) + cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def fail(message: str, code: int = 1) -> None:

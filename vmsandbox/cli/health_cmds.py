@@ -1,19 +1,19 @@
 """CLI for health and metrics: ``vmsandbox health NAME``, ``vmsandbox top`` (a live table of all
 sandboxes) and ``vmsandbox metrics serve`` (Prometheus exposition, on loopback only).
 
-The CLI core runs without a watchdog thread; ``top`` and ``metrics serve`` start their own on it.
+The CLI core runs without a watchdog thread; ``top`` and ``metrics serve`` start their own on it
+(``vmsandbox serve`` is the long-running service that enforces limits: cli/service_cmds.py).
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Iterable, Optional
 
 import click
 
-from ..exceptions import ConfigError
-from ._context import get_core, out, print_json, table
+from ._context import get_core, out, plain_rows, print_json, table
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _COLUMNS = ["NAME", "STATE", "HEALTH", "CPU %", "MEMORY", "DISK", "NET RX/TX", "SSH", "UPTIME", "ALERTS"]
 
 
@@ -43,14 +43,28 @@ def health(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--interval", type=float, default=None, help="Seconds between frames (default: monitoring.interval_seconds).")
 @click.pass_context
 def top(ctx: click.Context, once: bool, interval: Optional[float]) -> None:
-    """A live table of every sandbox's health (Ctrl-C to quit)."""
+    """A live table of every sandbox's health (Ctrl-C to quit).
+
+    Without a terminal it prints a frame of plain rows every interval (like `top -b`)."""
     from rich.live import Live
     core = get_core(ctx)
     if once:
-        out.print(_top_table(core.get_health_status(i.id) for i in core.list_sandboxes()))
+        frame = [core.get_health_status(i.id) for i in core.list_sandboxes()]
+        if out.is_terminal:
+            out.print(_top_table(frame))
+        else:
+            plain_rows(_COLUMNS, [_top_row(h) for h in frame], _top_title())
         return
     wd = _start_watchdog(core)
     period = interval or core.config.monitoring.interval_seconds
+    if not out.is_terminal:
+        try:
+            _batch_frames(core, wd, period)
+        except (KeyboardInterrupt, BrokenPipeError):
+            pass
+        finally:
+            wd.stop()
+        return
     try:
         with Live(_top_table([]), console=out, auto_refresh=False) as live:
             while True:
@@ -74,14 +88,10 @@ def metrics() -> None:
 @click.pass_context
 def serve(ctx: click.Context, port: int, host: str) -> None:
     """Serve Prometheus metrics of every sandbox at http://HOST:PORT/metrics (Ctrl-C to stop)."""
-    if host not in LOOPBACK:
-        raise ConfigError(f"{host!r} is not a loopback address (use 127.0.0.1)", "--host")
-    from prometheus_client import CollectorRegistry, start_http_server
+    from ..metrics import serve_metrics
     core = get_core(ctx)
     wd = _start_watchdog(core)
-    registry = CollectorRegistry()
-    registry.register(SandboxCollector(wd))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    server = serve_metrics(wd, host, port)
     click.echo(f"serving http://{host}:{port}/metrics (Ctrl-C to stop)", err=True)
     try:
         while True:
@@ -93,52 +103,6 @@ def serve(ctx: click.Context, port: int, host: str) -> None:
         wd.stop()
 
 
-class SandboxCollector:
-    """Prometheus collector over the watchdog's latest health of every sandbox."""
-
-    GAUGES = (
-        ("vmsandbox_cpu_percent", "CPU use, percent of the sandbox's CPU allotment", lambda m: m.cpu_percent),
-        ("vmsandbox_memory_used_bytes", "Guest memory in use (balloon statistics)", lambda m: m.memory_used),
-        ("vmsandbox_memory_total_bytes", "Guest memory", lambda m: m.memory_total),
-        ("vmsandbox_disk_used_bytes", "Host bytes of the sandbox's own disk overlay", lambda m: m.disk_used),
-        ("vmsandbox_disk_limit_bytes", "The sandbox's disk limit", lambda m: m.disk_limit),
-        ("vmsandbox_guest_disk_used_bytes", "Used bytes of the guest's root filesystem", lambda m: m.guest_disk_used),
-        ("vmsandbox_uptime_seconds", "Guest uptime", lambda m: m.uptime),
-        ("vmsandbox_ssh_up", "1 when the last in-guest probe over SSH worked",
-         lambda m: None if m.ssh_ok is None else float(m.ssh_ok)),
-    )
-    COUNTERS = (
-        ("vmsandbox_network_receive_bytes", "Bytes received by the guest (all interfaces but lo)", lambda m: m.net_rx),
-        ("vmsandbox_network_transmit_bytes", "Bytes sent by the guest (all interfaces but lo)", lambda m: m.net_tx),
-    )
-
-    def __init__(self, watchdog) -> None:
-        self.watchdog = watchdog
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-        snap = list(self.watchdog.snapshot().values())
-        status = GaugeMetricFamily("vmsandbox_health_status", "1 for the sandbox's current health status",
-                                   labels=["sandbox", "status"])
-        alerts = GaugeMetricFamily("vmsandbox_alerts", "Active alerts", labels=["sandbox", "kind", "level"])
-        from ..health import HealthStatus
-        for h in snap:
-            for s in HealthStatus:
-                status.add_metric([h.sandbox, s.value], float(h.status is s))
-            for a in h.alerts:
-                alerts.add_metric([h.sandbox, a.kind, a.level], 1.0)
-        yield status
-        yield alerts
-        for families, cls in ((self.GAUGES, GaugeMetricFamily), (self.COUNTERS, CounterMetricFamily)):
-            for name, doc, get in families:
-                fam = cls(name, doc, labels=["sandbox"])
-                for h in snap:
-                    v = get(h.metrics)
-                    if v is not None:
-                        fam.add_metric([h.sandbox], float(v))
-                yield fam
-
-
 def _start_watchdog(core):
     from ..watchdog import Watchdog
     if core.watchdog is None:
@@ -147,18 +111,44 @@ def _start_watchdog(core):
     return core.watchdog
 
 
+def _batch_frames(core, wd, period: float) -> None:
+    """Frames of plain rows for a pipe: the first as soon as the watchdog has measured CPU once."""
+    deadline = time.monotonic() + 2 * period + 5
+    while wd.rounds < 2 and time.monotonic() < deadline:     # CPU % needs two samples
+        time.sleep(0.1)
+    while True:
+        snap = wd.snapshot()
+        plain_rows(_COLUMNS, [_top_row(snap[i.id]) for i in core.store.list_sandboxes() if i.id in snap],
+                   _top_title())
+        click.echo("")
+        sys.stdout.flush()
+        time.sleep(period)
+
+
+def _top_title() -> str:
+    return f"vmsandbox top  {time.strftime('%H:%M:%S')}"
+
+
+def _top_row(h, colour: bool = False) -> list[str]:
+    m = h.metrics
+    status = h.status.value
+    if colour:
+        status = f"[{_COLOUR[status]}]{status}[/]"
+    return [h.sandbox, m.state, status, _pct(m.cpu_percent), _of(m.memory_used, m.memory_total),
+            _of(m.disk_used, m.disk_limit), f"{_size(m.net_rx)}/{_size(m.net_tx)}", _ssh(m.ssh_ok),
+            _duration(m.uptime), ", ".join(a.kind for a in h.alerts)]
+
+
+_COLOUR = {"HEALTHY": "green", "DEGRADED": "yellow", "UNHEALTHY": "red"}
+
+
 def _top_table(healths: Iterable):
     from rich.table import Table
-    t = Table(title=f"vmsandbox top  {time.strftime('%H:%M:%S')}")
+    t = Table(title=_top_title())
     for c in _COLUMNS:
         t.add_column(c)
-    colour = {"HEALTHY": "green", "DEGRADED": "yellow", "UNHEALTHY": "red"}
     for h in healths:
-        m = h.metrics
-        t.add_row(h.sandbox, m.state, f"[{colour[h.status.value]}]{h.status.value}[/]", _pct(m.cpu_percent),
-                  _of(m.memory_used, m.memory_total), _of(m.disk_used, m.disk_limit),
-                  f"{_size(m.net_rx)}/{_size(m.net_tx)}", _ssh(m.ssh_ok), _duration(m.uptime),
-                  ", ".join(a.kind for a in h.alerts))
+        t.add_row(*_top_row(h, colour=True))
     return t
 
 

@@ -1,5 +1,5 @@
-"""CLI commands for sandboxes: create, list, show, exec, cp, ssh, ssh-config, start/stop/pause/resume,
-destroy, gc, doctor, audit, config show, demo."""
+"""CLI commands for sandboxes: create, list, show, exec, cp, ssh, ssh-config, ssh-proxy, start/stop/pause/resume,
+throttle/unthrottle, emergency-shutdown, destroy, gc, doctor, audit, config show, demo."""
 from __future__ import annotations
 
 import os
@@ -50,9 +50,11 @@ def _limits(cpu, memory, disk) -> dict:
               help="none: no network but the SSH forward (default); nat: outbound allowed.")
 @click.option("--persistent", is_flag=True, help="Keep until destroyed (gc leaves it alone).")
 @click.option("--clone-from", default=None, help="Snapshot to clone (a linked clone, running from that point).")
+@click.option("--ttl", "ttl_seconds", type=float, default=None,
+              help="Seconds idle before gc (run by `vmsandbox serve`) destroys it (default: sandbox.ttl_seconds).")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
-def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, json_out):
+def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, ttl_seconds, json_out):
     """Create and boot a sandbox; returns when a command can run in it."""
     cfg: dict = {}
     if box:
@@ -65,6 +67,8 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
         cfg["persistent"] = True
     if clone_from:
         cfg["clone_from"] = clone_from
+    if ttl_seconds is not None:
+        cfg["ttl_seconds"] = ttl_seconds
     core = get_core(ctx)
     status, progress = _progress_runner(json_out)
     start = time.monotonic()
@@ -78,6 +82,10 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
         print_json({**info.to_dict(), "seconds": round(time.monotonic() - start, 3)})
     else:
         click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; ssh on 127.0.0.1:{info.ssh_port}")
+    from ..service import service_status
+    if not service_status(core.state_dir).running:
+        click.echo("note: no `vmsandbox serve` runs for this state directory: resource limits and ttl "
+                   "will not be enforced (see docs/operations.md)", err=True)
 
 
 @command("list")
@@ -91,7 +99,18 @@ def list_cmd(ctx, json_out):
         return
     table(["NAME", "ID", "STATE", "BOX", "CPU", "MEMORY", "DISK", "SSH", "CREATED", "NOTE"],
           [[i.name, i.id, i.state.value, i.box, i.cpu, i.memory, i.disk, f"127.0.0.1:{i.ssh_port}",
-            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"), i.reason] for i in items])
+            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"), _note(i)] for i in items])
+    from ..service import service_line
+    click.echo(service_line(app(ctx).config), err=True)
+
+
+def _note(info) -> str:
+    """Why a sandbox is not simply running: paused/stopped/broken reason, CPU throttle."""
+    parts = [info.reason] if info.reason else []
+    if info.extra.get("throttled"):
+        why = info.extra.get("throttle_reason")
+        parts.append(f"throttled to {info.extra['throttled']:g} CPU per vCPU" + (f" ({why})" if why else ""))
+    return "; ".join(parts)
 
 
 @command("show")
@@ -106,6 +125,8 @@ def show(ctx, name, json_out):
     else:
         for k, v in info.to_dict().items():
             click.echo(f"{k:14} {v}")
+        if _note(info):
+            click.echo(f"{'why':14} {_note(info)}")
 
 
 @command("exec", context_settings={"ignore_unknown_options": True})
@@ -114,14 +135,17 @@ def show(ctx, name, json_out):
 @click.option("--timeout", type=float, default=None, help="Seconds before the command is killed.")
 @click.option("-w", "--workdir", default=None, help="Working directory in the guest.")
 @click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE, repeatable.")
-@click.option("-i", "--stdin", "use_stdin", is_flag=True, help="Feed this process's stdin to the command.")
+@click.option("-i", "--stdin", "use_stdin", flag_value=True, default=None,
+              help="Feed stdin to the command even from a terminal (default: when stdin is not a terminal).")
+@click.option("-n", "--no-stdin", "use_stdin", flag_value=False, help="Never read stdin (like ssh -n).")
 @click.option("--approve", is_flag=True, help="Approve a command the policy rates HIGH.")
 @click.option("--json", "json_out", is_flag=True, help="Print a JSON result instead of streaming output.")
 @click.pass_context
 def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json_out):
     """Run COMMAND in sandbox NAME (after `--`); exits with the command's exit code (124 on timeout).
 
-    One argument is a shell command line; several are quoted and joined."""
+    One argument is a shell command line; several are quoted and joined. As with ssh, stdin is
+    passed to the command when it is not a terminal (read to its end before the command starts)."""
     line = command[0] if len(command) == 1 else shlex.join(command)
     envd = {}
     for item in env:
@@ -129,7 +153,9 @@ def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
         k, v = item.split("=", 1)
         envd[k] = v
-    stdin = sys.stdin.buffer.read() if use_stdin else None
+    if use_stdin is None:
+        use_stdin = sys.stdin is not None and not sys.stdin.isatty()
+    stdin = sys.stdin.buffer.read() if use_stdin and sys.stdin is not None else None
     core = get_core(ctx)
     stream = {} if json_out else {"on_stdout": _writer(sys.stdout), "on_stderr": _writer(sys.stderr)}
     r = core.execute(name, line, timeout=timeout, working_dir=workdir, env=envd or None, stdin=stdin,
@@ -139,7 +165,9 @@ def exec_cmd(ctx, name, command, timeout, workdir, env, use_stdin, approve, json
                     "timed_out": r.timed_out, "truncated": r.truncated})
     else:
         if r.truncated:
-            click.echo("vmsandbox: output truncated at ssh.max_output", err=True)
+            cap = app(ctx).config.ssh.max_output
+            click.echo(f"vmsandbox: output past ssh.max_output ({cap} per stream) was dropped, not shown "
+                       "and not kept; the command itself was not stopped", err=True)
         if r.timed_out:
             click.echo(f"vmsandbox: command timed out after {r.duration:.1f} s and was killed", err=True)
     ctx.exit(124 if r.timed_out else (r.exit_code or 0))
@@ -171,41 +199,64 @@ def cp(ctx, src, dst):
         raise click.UsageError("exactly one of SRC and DST must be NAME:/path")
 
 
-def _ssh_files(core, name):
-    from ..ssh import known_hosts_line, openssh_config
-    info = core.get(name)
-    box = core.boxes.get(info.box)
-    host_key = box.host_key or info.extra.get("host_key")
-    if not host_key:
-        raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
-    known = core.sandbox_dir(info) / "known_hosts"
-    known.write_text(known_hosts_line(info.ssh_port, host_key) + "\n")
-    alias = f"vmsandbox-{info.name}"
-    return alias, openssh_config(alias, info.ssh_port, box.ssh_user, box.ssh_key, known)
+def _client_settings(ctx, name):
+    from ..client_config import client_settings
+    return client_settings(get_core(ctx), name, app(ctx).config_path)
 
 
 @command("ssh-config")
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True)
 @click.pass_context
-def ssh_config(ctx, name):
-    """Print an OpenSSH config block for NAME (append it to ~/.ssh/config)."""
-    _, block = _ssh_files(get_core(ctx), name)
-    click.echo(block)
+def ssh_config(ctx, names):
+    """Print OpenSSH config blocks for sandboxes (`Host NAME vmsandbox-NAME`).
+
+    They reach each sandbox through `vmsandbox ssh-proxy`, so they keep working across rollbacks
+    and restarts: save them once (`ssh -F FILE NAME`, scp, sftp, rsync -e 'ssh -F FILE')."""
+    click.echo("\n".join(_client_settings(ctx, n).config_block() for n in names), nl=False)
 
 
-@command("ssh")
+@command("ssh-proxy")
+@click.argument("name")
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for a guest that is being created or rolled back.")
+@click.pass_context
+def ssh_proxy(ctx, name, wait):
+    """Connect stdin/stdout to NAME's current SSH endpoint (an OpenSSH ProxyCommand).
+
+    The port is looked up in the state store at each connection, so it follows rollbacks and restarts."""
+    from ..boxes import BoxStore
+    from ..client_config import connect_current, pump
+    from ..exceptions import NotFoundError
+    from ..store import Store, default_db_path
+    config = app(ctx).config
+    db = default_db_path(config.sandbox.state_path)
+    if not db.exists():
+        raise NotFoundError(f"no sandbox {name!r}: no state database at {db}")
+    store = Store(db)
+    try:
+        sock, info = connect_current(store, BoxStore(config.sandbox.box_path), config.sandbox.state_path,
+                                     name, wait=wait)
+        store.touch(info.id)
+        store.audit("ssh-proxy", "ok", info, port=info.ssh_port)
+    finally:
+        store.close()
+    pump(sock)
+
+
+@command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("name")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def ssh(ctx, name, args):
-    """Open an interactive shell in NAME through the system ssh client."""
+    """Open a shell in NAME through the system ssh client; anything after NAME is the remote command."""
     core = get_core(ctx)
-    core._require(core.get(name), "execute")
-    alias, block = _ssh_files(core, name)
-    cfg = core.sandbox_dir(core.get(name)) / "ssh_config"
-    cfg.write_text(block)
-    core.store.audit("ssh", "ok", core.get(name))
-    os.execvp("ssh", ["ssh", "-F", str(cfg), alias, *args])
+    info = core.get(name)
+    core._require(info, "execute")
+    settings = _client_settings(ctx, name)
+    cfg = core.sandbox_dir(info) / "ssh_config"
+    cfg.write_text(settings.config_block())
+    core.store.audit("ssh", "ok", info, command=shlex.join(args) if args else None)
+    os.execvp("ssh", ["ssh", "-F", str(cfg), info.name, *(["--", *args] if args else [])])
 
 
 def _power_command(op: str, help_text: str):
@@ -223,6 +274,37 @@ for _op, _help in (("start", "Boot a stopped sandbox and wait for SSH."),
                    ("pause", "Freeze a sandbox's vCPUs."),
                    ("resume", "Unfreeze a paused sandbox.")):
     _power_command(_op, _help)
+
+
+@command("throttle")
+@click.argument("name")
+@click.option("--fraction", type=click.FloatRange(0.01, 1.0), default=0.25, show_default=True,
+              help="CPU share each vCPU may use.")
+@click.option("--reason", default="requested by operator", show_default=True)
+@click.pass_context
+def throttle(ctx, name, fraction, reason):
+    """Cap each vCPU of NAME at FRACTION of a CPU (`unthrottle` lifts it)."""
+    info = get_core(ctx).throttle(name, fraction, reason=reason)
+    click.echo(f"{info.name}: throttled to {fraction:g} CPU per vCPU")
+
+
+@command("unthrottle")
+@click.argument("name")
+@click.pass_context
+def unthrottle(ctx, name):
+    """Lift a CPU throttle (back to the sandbox's own CPU limit)."""
+    info = get_core(ctx).unthrottle(name)
+    click.echo(f"{info.name}: not throttled")
+
+
+@command("emergency-shutdown")
+@click.argument("name")
+@click.option("--reason", default="emergency shutdown requested by operator", show_default=True)
+@click.pass_context
+def emergency_shutdown(ctx, name, reason):
+    """Pull the plug on NAME now; disk, console and audit logs are kept for forensics."""
+    info = get_core(ctx).emergency_shutdown(name, reason)
+    click.echo(f"{info.name}: {info.state.value} ({reason})")
 
 
 @command("destroy")
@@ -256,13 +338,19 @@ def gc(ctx, dry_run, json_out):
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 def doctor(ctx, json_out):
-    """Check libvirtd, QEMU, the accelerator, boxes and disk space."""
-    checks = get_core(ctx).doctor()
+    """Check libvirtd, QEMU, the accelerator, boxes, disk space and whether `vmsandbox serve` runs."""
+    from ..providers import ProviderCheck
+    from ..service import service_line, service_status
+    core = get_core(ctx)
+    checks = core.doctor()
+    running = service_status(core.state_dir).running
+    checks.append(ProviderCheck("service", running, service_line(core.config).split(": ", 1)[1],
+                                "" if running else "vmsandbox serve (docs/operations.md)"))
     if json_out:
         print_json([c.__dict__ for c in checks])
     else:
         table(["CHECK", "OK", "DETAIL", "FIX"], [[c.name, "yes" if c.ok else "NO", c.detail, c.fix] for c in checks])
-    ctx.exit(0 if all(c.ok for c in checks) else 1)
+    ctx.exit(0 if all(c.ok for c in checks if c.name != "service") else 1)   # no service: reported, not a failure
 
 
 @command("audit")

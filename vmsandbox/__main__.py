@@ -1,0 +1,4 @@
+"""``python -m vmsandbox``: the command line (used when the console script is not on PATH)."""
+from .cli import main
+
+main()
