@@ -8,7 +8,7 @@ Public API: ``SandboxCore`` / ``AsyncSandboxCore`` (lifecycle, execute), ``Execu
 from .config import Config, load_config
 from .core import AsyncSandboxCore, SandboxCore
 from .exceptions import (CommandTimeout, ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
-                         ResourceLimitError, RollbackError, SandboxError, SecurityError, StateCorruptionError,
+                         ProvisionError, ResourceLimitError, RollbackError, SandboxError, SecurityError, StateCorruptionError,
                          StateError)
 from .models import ExecutionResult, SandboxInfo, SandboxState
 from .rollback import RollbackManager, RollbackPoint
@@ -22,4 +22,5 @@ __all__ = [
     "Snapshot", "ExecutionResult", "SandboxInfo", "SandboxState", "Config", "load_config",
     "SandboxError", "ConfigError", "NotFoundError", "StateError", "SecurityError", "ResourceLimitError",
     "ProviderError", "GuestUnreachableError", "CommandTimeout", "RollbackError", "StateCorruptionError",
+    "ProvisionError",
 ]

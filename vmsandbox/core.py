@@ -357,6 +357,19 @@ class SandboxCore:
         """Forget a snapshot; its layer is freed when nothing else stands on it."""
         self.snapshots.delete(sandbox_id, snapshot_id)
 
+    # -- ansible -----------------------------------------------------------------------------
+    def provision(self, sandbox_id: str, playbook: str | os.PathLike, snapshot: Optional[str] = None,
+                  **options: Any) -> Any:
+        """Run an ansible playbook against a running sandbox; on failure roll it back and raise
+        ProvisionError naming the task. Returns a ``ProvisionResult`` (see ``vmsandbox.provision``)."""
+        from .provision import provision
+        return provision(self, sandbox_id, playbook, snapshot=snapshot, **options)
+
+    def inventory(self) -> dict:
+        """An ansible inventory (the ``--list`` document) of every sandbox (see ``vmsandbox.inventory``)."""
+        from .inventory import build_inventory
+        return build_inventory(self)
+
     def on_rollback(self, callback: Callable[[Any], None]) -> None:
         """Register ``callback(RollbackEvent)`` for every rollback, successful or not."""
         self.snapshots.listeners.append(callback)
