@@ -102,6 +102,7 @@ def host_vars(core, info: SandboxInfo, config_path: Optional[str] = None) -> dic
         # port and user) apart between sandboxes, which would otherwise all be root@127.0.0.1:22.
         "ansible_port": info.ssh_port,
         "ansible_python_interpreter": "auto_silent",
+        "ansible_pipelining": True,          # one SSH round trip per task instead of four
         "vmsandbox_id": info.id,
         "vmsandbox_box": info.box,
         "vmsandbox_state": info.state.value,
