@@ -75,7 +75,6 @@ install -m 644 "$HERE/files/interfaces" "$ROOT/etc/network/interfaces"
 install -m 755 "$HERE/files/vmsandbox-netmap" "$ROOT/usr/local/sbin/vmsandbox-netmap"
 install -m 644 "$HERE/files/sshd.conf" "$ROOT/etc/ssh/sshd_config.d/vmsandbox.conf"
 install -m 644 "$HERE/files/acpi-power" "$ROOT/etc/acpi/events/vmsandbox-power"
-install -m 755 "$HERE/files/rc.local" "$ROOT/etc/rc.local"
 if [ "$INIT" = sysvinit ]; then
     # No gettys: nobody logs in on a console (root has no password); serial output stays the log.
     sed -i -E 's/^([1-6]):/#\1:/' "$ROOT/etc/inittab"
@@ -83,6 +82,9 @@ if [ "$INIT" = sysvinit ]; then
     install -m 755 "$HERE/files/sysinit" "$ROOT/usr/local/sbin/vmsandbox-sysinit"
     sed -i 's|^si::sysinit:.*|si::sysinit:/usr/local/sbin/vmsandbox-sysinit|' "$ROOT/etc/inittab"
     grep -q '^si::sysinit:/usr/local/sbin/vmsandbox-sysinit$' "$ROOT/etc/inittab" || die "inittab has no sysinit line"
+else
+    # systemd boots the usual way; rc.local grows the file system to the sandbox's disk.
+    install -m 755 "$HERE/files/rc.local" "$ROOT/etc/rc.local"
 fi
 rm -f "$ROOT"/etc/ssh/ssh_host_*
 ssh-keygen -q -t ed25519 -N '' -C vmsandbox-debian -f "$ROOT/etc/ssh/ssh_host_ed25519_key" || die "ssh-keygen failed"
