@@ -106,7 +106,14 @@ def provision(core, sandbox: str, playbook: str | os.PathLike, snapshot: Optiona
         argv = [command, "-i", str(inventory), "--limit", info.name, str(playbook.resolve()), *ansible_args]
         if extra_vars:
             argv += ["--extra-vars", json.dumps(dict(extra_vars))]
-        code, failed_task, tail = _run(argv, _ansible_env(work), emit, timeout)
+        try:
+            code, failed_task, tail = _run(argv, _ansible_env(work), emit, timeout)
+        except BaseException:
+            # ansible did not run to its end (could not start, or interrupted): back to where we were.
+            core.rollback(info.id, before)
+            _discard(core, info.id, before)
+            core.store.audit("provision", "failed", info, playbook=str(playbook), reason="interrupted")
+            raise
     duration = time.monotonic() - started
     if code != 0:
         reason = "timed out" if code is None else f"failed (exit {code})"
@@ -205,6 +212,9 @@ def _run(argv: list[str], env: dict, emit: Output, timeout: Optional[float]) -> 
     finally:
         if timer:
             timer.cancel()
+        if proc.poll() is None:          # interrupted: no ansible left behind
+            kill()
+            proc.wait()
     return (None if timed_out.is_set() else code), (failures[-1] if failures else None), "\n".join(tail)
 
 

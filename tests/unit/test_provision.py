@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from vmsandbox import ConfigError, ProvisionError
+from vmsandbox import ConfigError, ProviderError, ProvisionError
 from vmsandbox import provision as provision_mod
 from vmsandbox.inventory import build_inventory, labels_of, parse_labels, set_labels
 from vmsandbox.provision import printable
@@ -145,3 +145,14 @@ def test_provision_checks_before_running(core, tmp_path, playbook, monkeypatch):
 def test_printable():
     assert printable("ok \x1b]0;title\x07 \x9b") == "ok \\x1b]0;title\\x07 \\x9b"
     assert printable("tab\tstays") == "tab\tstays"
+
+
+def test_provision_that_cannot_start_ansible_leaves_no_snapshot(core, tmp_path, playbook, monkeypatch):
+    not_executable = tmp_path / "ansible-playbook"
+    not_executable.write_text("")
+    monkeypatch.setattr(provision_mod, "ansible_playbook_command", lambda: str(not_executable))
+    sid = core.create_sandbox("box-4")
+    with pytest.raises(ProviderError, match="cannot run"):
+        core.provision(sid, playbook)
+    assert core.list_snapshots(sid) == []
+    assert core.get(sid).state.value == "running"
