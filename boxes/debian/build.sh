@@ -3,7 +3,8 @@
 # machine's apt already uses (called by vmsandbox.boxes.BoxStore.build; needs root and debootstrap).
 #
 # Guest: minbase plus openssh-server, python3, sudo, ca-certificates, sysvinit (or systemd: set
-# DEBIAN_INIT=systemd), ifupdown (eth0 static 10.0.2.15, or DHCP with net=dhcp), acpid (ACPI power
+# DEBIAN_INIT=systemd), ifupdown (eth0 static 10.0.2.15, or DHCP with udhcpc when the kernel command line
+# says net=dhcp, as the Vagrantfile does), acpid (ACPI power
 # button -> poweroff) and Debian's cloud kernel, booted directly with the tiny box's small initramfs
 # built from the guest's own kernel modules. Root logs in by key only.
 # Writes: box.img (qcow2 ext4 root), vmlinuz, initrd.img, metadata.json, Vagrantfile, ssh_key (+ .pub),
@@ -27,7 +28,7 @@ case "$INIT" in
     systemd) INIT_PACKAGES=systemd-sysv ;;
     *) die "DEBIAN_INIT must be sysvinit or systemd, not '$INIT'" ;;
 esac
-PACKAGES="openssh-server,python3,sudo,ca-certificates,$INIT_PACKAGES,ifupdown,iproute2,busybox,acpid,kmod,linux-image-cloud-amd64"
+PACKAGES="openssh-server,python3,sudo,ca-certificates,$INIT_PACKAGES,ifupdown,iproute2,busybox,udhcpc,acpid,kmod,linux-image-cloud-amd64"
 
 mkdir -p "$OUT"
 OUT=$(CDPATH= cd -- "$OUT" && pwd)
