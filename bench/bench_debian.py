@@ -31,8 +31,8 @@ from vmsandbox.exceptions import NotFoundError  # noqa: E402
 
 BOX_DIR = os.environ.get("VMSANDBOX_TEST_BOX_DIR", "/var/lib/vmsandbox/boxes")
 LIMITS = {"memory": "512M", "disk": "2G"}
-JOB = ("printf '#include <stdio.h>\\nint main(void){printf(\"job %s\\\\n\", \"{n}\");return 0;}\\n' > /root/job.c"
-       " && gcc -O2 -o /root/job /root/job.c && /root/job && echo {n} > /root/whoami")
+JOB = ("cd /root && echo '#include <stdio.h>' > job.c && echo 'int main(void){puts(\"job {n}\");return 0;}' >> job.c"
+       " && gcc -O2 -o job job.c && ./job && echo {n} > /root/whoami")
 
 
 def timed(fn, *args, **kwargs):
