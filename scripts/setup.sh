@@ -15,6 +15,7 @@ APT_PACKAGES=(
   linux-image-cloud-amd64 busybox-static dropbear-bin openssh-client e2fsprogs cpio   # the tiny box
   openssh-sftp-server rsync                       # scp/sftp/rsync into the tiny box
   syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
+  debootstrap                                     # the debian box (built by the tests, or `vmsandbox box build debian`)
   iproute2 util-linux procps
   docker.io                                       # container sandboxes (dockerd, containerd, runc, docker-init)
   acl                                             # setfacl, in the fixes `vmsandbox doctor` prints

@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 from .exceptions import (CommandTimeout, ConfigError, GuestUnreachableError, NotFoundError, ProviderError,
-                         ProviderUnavailableError, ResourceLimitError, RollbackError, SandboxError, SecurityError,
+                         ProviderUnavailableError, ProvisionError, ResourceLimitError, RollbackError, SandboxError, SecurityError,
                          StateCorruptionError, StateError)
 
 # The rest is imported on first use (PEP 562), so a command that needs little of vmsandbox
@@ -41,5 +41,6 @@ __all__ = [
     "SandboxCore", "AsyncSandboxCore", "StateManager", "RollbackManager", "RollbackPoint", "RollbackEvent",
     "Snapshot", "ExecutionResult", "SandboxInfo", "SandboxState", "Config", "load_config",
     "SandboxError", "ConfigError", "NotFoundError", "StateError", "SecurityError", "ResourceLimitError",
-    "ProviderError", "ProviderUnavailableError", "GuestUnreachableError", "CommandTimeout", "RollbackError", "StateCorruptionError",
+    "ProviderError", "ProviderUnavailableError", "GuestUnreachableError", "CommandTimeout", "RollbackError",
+    "StateCorruptionError", "ProvisionError",
 ]

@@ -23,6 +23,7 @@ into place at the end, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import math
 import os
@@ -104,6 +105,16 @@ def recipe_dir() -> Path:
 def available_recipes() -> list[str]:
     root = recipe_dir()
     return sorted(p.parent.name for p in root.glob("*/build.sh")) if root.is_dir() else []
+
+
+def recipe_digest(recipe: str) -> str:
+    """sha256 of a recipe's files and of the shared steps in boxes/tiny that every recipe sources;
+    stored with a built box, so a cache can tell a box built from an older recipe."""
+    h = hashlib.sha256()
+    for folder in sorted({recipe_dir() / recipe, recipe_dir() / "tiny"}):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            h.update(str(path.relative_to(recipe_dir())).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def validate_box_name(name: str) -> str:
@@ -213,7 +224,8 @@ class BoxStore:
             info = _box_info(image_info, f"recipe:{recipe}", recipe_info.get("ssh_user", "root"),
                              host_key=recipe_info.get("host_key"), kernel=recipe_info.get("kernel"),
                              initrd=recipe_info.get("initrd"), cmdline=recipe_info.get("cmdline"),
-                             kernel_version=recipe_info.get("kernel_version"))
+                             kernel_version=recipe_info.get("kernel_version"),
+                             recipe_digest=recipe_digest(recipe))
             self._finish(stage, name, info, force)
         report(f"box {name!r} ready in {time.monotonic() - started:.1f} s")
         return self.get(name)

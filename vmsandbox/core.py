@@ -180,6 +180,19 @@ class SandboxCore:
         """Delete snapshots older than ``days`` (0 keeps all); returns their ids."""
         return self.snapshots.cleanup_older_than(days)
 
+    # -- ansible -----------------------------------------------------------------------------
+    def provision(self, sandbox_id: str, playbook: str | os.PathLike, snapshot: Optional[str] = None,
+                  **options: Any) -> Any:
+        """Run an ansible playbook against a running sandbox; on failure roll it back and raise
+        ProvisionError naming the task. Returns a ``ProvisionResult`` (see ``vmsandbox.provision``)."""
+        from .provision import provision
+        return provision(self, sandbox_id, playbook, snapshot=snapshot, **options)
+
+    def inventory(self) -> dict:
+        """An ansible inventory (the ``--list`` document) of every sandbox (see ``vmsandbox.inventory``)."""
+        from .inventory import build_inventory
+        return build_inventory(self)
+
     def on_rollback(self, callback: Callable[[Any], None]) -> None:
         """Register ``callback(RollbackEvent)`` for every rollback, successful or not."""
         self.snapshots.listeners.append(callback)
@@ -474,6 +487,15 @@ class SandboxCore:
 
     def doctor(self) -> list[ProviderCheck]:
         return self.maintenance.doctor()
+
+    def label(self, sandbox_id: str, labels: Mapping[str, str], remove: Any = ()) -> dict:
+        """Set ``labels`` and drop the keys in ``remove`` (checked by ``inventory.parse_labels``);
+        returns the sandbox's labels. Audited."""
+        with self.ops.run(_ref(sandbox_id), "label", check=False) as op:
+            current = {k: v for k, v in {**op.info.labels, **labels}.items() if k not in set(remove)}
+            op.update(labels=current)
+            op.detail.update(labels=current)
+        return current
 
     def audit(self, operation: str, outcome: str, sandbox: str | None = None, **detail: Any) -> None:
         """Append a record to the audit log (for tools built on the core, such as the farm)."""

@@ -12,6 +12,7 @@
      │                                nothing was changed; retry when it is back
      ├─ CommandTimeout                a command ran past its timeout (carries the partial result)
      ├─ RollbackError                 a rollback failed
+     ├─ ProvisionError                a playbook failed (the sandbox is back where it was)
      └─ StateCorruptionError          database and disks disagree beyond repair
 
 Third-party errors (libvirt, paramiko, sqlite) are mapped to these at the boundary with
@@ -88,6 +89,15 @@ class RollbackError(SandboxError):
     """A rollback failed; the sandbox is left usable or marked broken."""
 
 
+class ProvisionError(SandboxError):
+    """A provisioning playbook failed; ``result`` (a ``ProvisionResult``) names the failed task.
+    The sandbox was rolled back to its state before the playbook ran."""
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class StateCorruptionError(SandboxError):
     """The state database and the disks disagree beyond repair."""
 
@@ -95,5 +105,5 @@ class StateCorruptionError(SandboxError):
 __all__ = [
     "SandboxError", "ConfigError", "NotFoundError", "StateError", "SecurityError",
     "ResourceLimitError", "ProviderError", "GuestUnreachableError", "CommandTimeout",
-    "RollbackError", "StateCorruptionError",
+    "RollbackError", "ProvisionError", "StateCorruptionError",
 ]

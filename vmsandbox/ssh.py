@@ -117,6 +117,11 @@ class SSHSession:
         """
         started = time.monotonic()
         deadline = started + timeout
+        # A guest without a listener yet closes the forwarded connection at once; an attempt that
+        # used its whole banner timeout met a server too slow to greet in time (OpenSSH re-executes
+        # itself per connection, which takes seconds in a TCG guest on a loaded host). Cutting such
+        # attempts short forever is a livelock: give each next one twice as long.
+        banner = [_BANNER_TIMEOUT]
 
         def attempt() -> None:
             if progress is not None:
@@ -126,8 +131,14 @@ class SSHSession:
                 if self._transport is not None and self._transport.is_active():
                     return
                 self._close_transport()
-                self._transport = self._connect(banner_timeout=min(_BANNER_TIMEOUT, remaining),
-                                                timeout=min(self.connect_timeout, remaining))
+                tried = time.monotonic()
+                try:
+                    self._transport = self._connect(banner_timeout=min(banner[0], remaining),
+                                                    timeout=min(self.connect_timeout, remaining))
+                except _TransportFault:
+                    if time.monotonic() - tried >= 0.9 * banner[0]:
+                        banner[0] = min(2 * banner[0], max(self.connect_timeout, _BANNER_TIMEOUT))
+                    raise
 
         try:
             Retrying(retry=retry_if_exception_type(_TransportFault), stop=stop_after_delay(timeout),

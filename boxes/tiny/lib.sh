@@ -11,6 +11,8 @@ SFTP_SERVER=${SFTP_SERVER:-/usr/lib/openssh/sftp-server}
 # Applets Debian's busybox-static lacks, copied from the host (coreutils, util-linux) when present.
 HOST_TOOLS="nohup nice flock install split comm join cksum script"
 # Loaded in dependency order (resolved from modules.dep) by the initramfs.
+# Modules come from MODULES_ROOT/lib/modules (default: this machine's; the debian recipe points it at its tree).
+MODULES_ROOT=${MODULES_ROOT:-}
 MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk
 failover net_failover virtio_net virtio_balloon virtio-rng button evdev"
 
@@ -35,7 +37,7 @@ kernel_version() {
 
 # Module files (relative to /lib/modules/VERSION) in load order, dependencies first.
 resolve_modules() {
-    awk -v want="$MODULES" -v builtin_file="/lib/modules/$1/modules.builtin" '
+    awk -v want="$MODULES" -v builtin_file="$MODULES_ROOT/lib/modules/$1/modules.builtin" '
         function key(p,  k) { k = p; sub(/.*\//, "", k); sub(/\.ko(\.[a-z]+)?$/, "", k); gsub(/-/, "_", k); return k }
         function visit(p,  n, i, d) {
             if (p in seen) return
@@ -54,7 +56,7 @@ resolve_modules() {
                 if (!(k in path)) { print "error: kernel module " w[i] " not found" > "/dev/stderr"; exit 1 }
                 visit(path[k])
             }
-        }' "/lib/modules/$1/modules.dep"
+        }' "$MODULES_ROOT/lib/modules/$1/modules.dep"
 }
 
 # Copy a module, decompressed, to $2.
@@ -100,7 +102,7 @@ make_initramfs() {
     : > "$tree/modules.list"
     for module in $(cat "$WORK/modules"); do
         name=$(basename "$module"); name=${name%.xz}; name=${name%.zst}; name=${name%.gz}
-        copy_module "/lib/modules/$1/$module" "$tree/lib/modules/$name"
+        copy_module "$MODULES_ROOT/lib/modules/$1/$module" "$tree/lib/modules/$name"
         echo "$name" >> "$tree/modules.list"
     done
     [ -s "$tree/modules.list" ] || die "no kernel modules resolved for $1"

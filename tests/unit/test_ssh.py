@@ -444,3 +444,51 @@ def test_interrupted_command_is_killed(session, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         session.execute(f"sleep 1000 & echo $! > {pid_file}; sleep 0.2; echo go; wait", on_stdout=interrupt)
     assert process_gone(int(pid_file.read_text()))
+
+
+def test_wait_ready_gives_a_slow_greeter_more_time_each_attempt(tmp_path):
+    """A server that needs 1.6 s to greet (OpenSSH in a TCG guest on a busy host) never makes a
+    fixed 1 s banner timeout; the growing one reaches it on the next attempt."""
+    srv = DropbearServer(tmp_path / "slow")
+    srv.start()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def pipe(src, dst, delay=0.0):
+        time.sleep(delay)
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", srv.port))
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client, 1.6), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    sess = SSHSession("127.0.0.1", listener.getsockname()[1], "root", srv.user_key, srv.host_key)
+    try:
+        waited = sess.wait_ready(15)
+        assert 1.6 <= waited < 10
+        assert sess.execute("echo up").stdout == "up\n"
+    finally:
+        stop.set()
+        sess.close()
+        listener.close()
+        srv.stop()

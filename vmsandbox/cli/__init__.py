@@ -48,7 +48,7 @@ def cli(ctx: click.Context, config_path: str | None, state_dir: str | None, verb
 
 # Each module adds its commands to ``cli``; a missing optional module is skipped.
 for _module in ("sandbox_cmds", "box_cmds", "policy_cmds", "snapshot_cmds", "health_cmds", "farm_cmds",
-                "service_cmds"):
+                "service_cmds", "provision_cmds"):
     try:
         _mod = importlib.import_module(f"{__name__}.{_module}")
     except ModuleNotFoundError as _exc:
