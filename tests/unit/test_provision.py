@@ -86,7 +86,7 @@ def test_inventory_groups_and_host_vars(core):
     assert hv["vmsandbox_id"] == a and hv["vmsandbox_box"] == "tiny" and hv["vmsandbox_labels"] == {"role": "web"}
     args = hv["ansible_ssh_common_args"]
     assert "StrictHostKeyChecking=yes" in args and f"HostKeyAlias=vmsandbox-{a}" in args
-    assert "ssh-proxy web-1" in args
+    assert "ssh-proxy --box-dir" in hv["ansible_ssh_common_args"] and "web-1" in args
     # The ProxyCommand runs vmsandbox with a config file that names this core's state directory.
     config_file = args.split("--config ")[1].split()[0]
     assert json.loads(open(config_file).read())["sandbox"]["state_directory"] == str(core.state_dir)
