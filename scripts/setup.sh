@@ -15,6 +15,7 @@ APT_PACKAGES=(
   linux-image-cloud-amd64 busybox-static dropbear-bin openssh-client e2fsprogs cpio   # the tiny box
   syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
   iproute2 util-linux procps
+  vagrant vagrant-libvirt dnsmasq-base              # the vagrant provider (its tests run in a private network namespace)
 )
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -245,6 +245,30 @@ class BoxStore:
             self._finish(stage, name, info, force)
         return self.get(name)
 
+    def export(self, name: str, output: Path) -> Path:
+        """Write box ``name`` as a Vagrant libvirt ``.box`` file (a tar of box.img, metadata.json,
+        its Vagrantfile and what that names: kernel, initrd, key) that ``vagrant box add`` accepts.
+        Written beside ``output`` and renamed into place: a failure leaves no partial file."""
+        box = self.get(name)
+        output = Path(output).resolve()
+        if not output.parent.is_dir():
+            raise ConfigError(f"directory {str(output.parent)!r} does not exist", "output")
+        files = [f for f in sorted(box.path.iterdir()) if f.is_file() and f.name != INFO_FILE]
+        if not (box.path / "metadata.json").is_file():
+            raise ConfigError(f"box {name!r} has no metadata.json; it cannot be exported")
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        os.close(fd)
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                for f in files:
+                    tar.add(f, arcname=f.name, filter=_plain_member)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, output)
+        except BaseException:
+            _remove(Path(tmp))
+            raise
+        return output
+
     def remove(self, name: str) -> None:
         """Delete a box (NotFoundError if there is none). Sandboxes still using it break."""
         self.get(name)
@@ -345,6 +369,13 @@ def _check_member(member: tarfile.TarInfo, file: Path) -> None:
     if not (member.isfile() or member.isdir()):
         raise ConfigError(f"{file.name}: {member.name!r} is a link or special file; "
                           "a box file may hold only regular files")
+
+
+def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A box file member owned by nobody in particular (the store's uids mean nothing elsewhere)."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 def _check_image(image: Path, error: type = ProviderError, label: str = "") -> dict:

@@ -84,6 +84,7 @@ class SandboxSection:
     box_directory: str = ""                      # empty: <state_directory>/boxes
     provider: str = "libvirt"                    # a name in the provider registry (vmsandbox.providers)
     libvirt_uri: str = "qemu:///system"
+    vagrant_libvirt_uri: str = ""                # the libvirtd Vagrant's guests run on (empty: libvirt_uri)
     accelerator: str = "auto"                    # auto | kvm | tcg
     domain_prefix: str = "vmsbx-"
     default_box: str = "tiny"
