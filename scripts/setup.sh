@@ -16,6 +16,7 @@ APT_PACKAGES=(
   syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
   iproute2 util-linux procps
   vagrant vagrant-libvirt dnsmasq-base              # the vagrant provider (its tests run in a private network namespace)
+  docker.io                                       # container sandboxes (dockerd, containerd, runc, docker-init)
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -44,13 +45,42 @@ for _ in $(seq 60); do
 done
 virsh -c qemu:///system version >/dev/null || { echo "error: libvirtd did not come up" >&2; exit 1; }
 
+step "docker daemon"
+# An operator's daemon (DOCKER_HOST, or Docker's default socket) is used as it is. Otherwise start
+# a private one that changes nothing on the host's network: no bridge, no iptables rules, its own
+# data root, exec root, socket and pid file (the Docker provider finds that socket by itself).
+DOCKER_SOCK=/run/vmsandbox-docker.sock
+if docker version >/dev/null 2>&1; then
+  echo "using the Docker daemon at ${DOCKER_HOST:-the default socket}"
+elif DOCKER_HOST=unix://$DOCKER_SOCK docker version >/dev/null 2>&1; then
+  echo "using the private Docker daemon at $DOCKER_SOCK"
+else
+  mkdir -p /var/lib/vmsandbox-docker /run/vmsandbox-docker
+  setsid dockerd --data-root /var/lib/vmsandbox-docker --exec-root /run/vmsandbox-docker \
+    -H "unix://$DOCKER_SOCK" --pidfile /run/vmsandbox-docker.pid \
+    --bridge=none --iptables=false --ip6tables=false \
+    >/var/log/vmsandbox-dockerd.log 2>&1 </dev/null &
+  for _ in $(seq 60); do
+    DOCKER_HOST=unix://$DOCKER_SOCK docker version >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  DOCKER_HOST=unix://$DOCKER_SOCK docker version >/dev/null 2>&1 \
+    || { echo "error: dockerd did not come up (see /var/log/vmsandbox-dockerd.log)" >&2; exit 1; }
+fi
+
 step "virtualenv .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 
 step "tiny box"
 if ! .venv/bin/vmsandbox box list --json | grep -q '"name": "tiny"'; then
-  .venv/bin/vmsandbox box build tiny
+  .venv/bin/vmsandbox box build tiny              # also imports the container image vmsandbox/tiny
+elif ! .venv/bin/python -c "from vmsandbox.providers.docker import connect; connect().api.inspect_image('vmsandbox/tiny')" 2>/dev/null; then
+  step "container image vmsandbox/tiny"
+  .venv/bin/python -c "
+from vmsandbox.boxes import BoxStore; from vmsandbox.config import load_config
+from vmsandbox.providers.docker import import_box
+print(import_box(BoxStore(load_config().sandbox.box_path).get('tiny')))"
 fi
 .venv/bin/vmsandbox doctor || true
 

@@ -31,6 +31,7 @@ from .maintenance import Maintenance
 from .models import ExecutionResult, SandboxInfo, SandboxState, Snapshot
 from .operations import Operations, require
 from .providers import Capability, Endpoint, Provider, ProviderCheck, load_provider
+from .providers.router import BoxSources, ProviderRouter
 from .sessions import SessionPool
 from .snapshots import SnapshotManager
 from .store import Store, default_db_path
@@ -39,7 +40,10 @@ log = logging.getLogger("vmsandbox")
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 SANDBOX_KEYS = {"box", "base_image", "resource_limits", "network_mode", "persistent", "isolation_type",
-                "clone_from", "ttl_seconds"}
+                "clone_from", "ttl_seconds", "image"}
+ISOLATION_TYPES = ("vm", "container")
+#: top-level ``config=`` keys choosing the default isolation (until the config schema has them)
+ISOLATION_KEYS = {"isolation_type": "vm", "container_runtime": "docker", "default_image": "vmsandbox/tiny"}
 NETWORK_MODES = ("none", "nat")
 Progress = Callable[[str], None]
 
@@ -53,6 +57,7 @@ class SandboxRequest:
     persistent: bool
     clone_from: Optional[str] = None
     ttl_seconds: float = 3600.0
+    provider: str = ""             # the provider that makes it ("": the state directory's, sandbox.provider)
 
 
 class SandboxCore:
@@ -67,6 +72,9 @@ class SandboxCore:
     def __init__(self, config_path: str | os.PathLike | None = None, config: Mapping | Config | None = None,
                  provider: Provider | None = None, boxes: Any = None, sessions: SessionPool | None = None,
                  start_watchdog: bool = True) -> None:
+        self.isolation = _isolation_defaults(config)
+        if isinstance(config, MappingABC):
+            config = {k: v for k, v in config.items() if k not in ISOLATION_KEYS}
         self.config = load_config(config_path, config)
         sb = self.config.sandbox
         self.layout = Layout(sb.state_path, sb.domain_prefix)
@@ -74,22 +82,46 @@ class SandboxCore:
         self.state_dir = self.layout.state_dir
         self.store = Store(default_db_path(self.state_dir))
         self.provider = provider or load_provider(sb.provider, self.config, self.layout)
+        # Every collaborator holds the router: each sandbox's calls reach its own provider
+        # (record field ``provider``); ``self.providers`` are those loaded so far, by name.
+        self.router = ProviderRouter(self.provider, self.config, self.layout, self._providers_in_use)
+        self.providers = self.router.providers
         self._boxes = boxes
+        sources = BoxSources(lambda: self.boxes, self.router)
         self._validator = None
-        self.sessions = sessions or SessionPool(self.provider, self.store, lambda: self.boxes,
+        self.sessions = sessions or SessionPool(self.router, self.store, lambda: sources,
                                                 sb.boot_timeout_seconds)
         self.ops = Operations(self.store, self.layout, lock_wait=float(sb.boot_timeout_seconds))
-        self.tree = LayerTree(self.store, self.provider, self.layout)
-        self.lifecycle = Lifecycle(self.config, self.store, self.layout, self.provider, self.sessions, self.tree,
-                                   self.ops, lambda: self.boxes)
-        self.snapshots = SnapshotManager(self.config, self.store, self.provider, self.sessions, self.layout,
+        self.tree = LayerTree(self.store, self.router, self.layout)
+        self.lifecycle = Lifecycle(self.config, self.store, self.layout, self.router, self.sessions, self.tree,
+                                   self.ops, lambda: sources)
+        self.snapshots = SnapshotManager(self.config, self.store, self.router, self.sessions, self.layout,
                                          self.ops, self.tree, self.lifecycle)
-        self.maintenance = Maintenance(self.config, self.store, self.layout, self.provider, self.tree,
-                                       self.lifecycle, self.snapshots, lambda: self.boxes)
+        self.maintenance = Maintenance(self.config, self.store, self.layout, self.router, self.tree,
+                                       self.lifecycle, self.snapshots, lambda: sources)
         self.maintenance.recover()
         self.watchdog = None
         if self.config.monitoring.enabled and start_watchdog:
             self.start_watchdog()
+
+    # -- providers per sandbox -------------------------------------------------------------
+    def _providers_in_use(self) -> set[str]:
+        """Providers the records name: of sandboxes, and of layers a crash may have left behind."""
+        from .providers.router import scheme
+        return ({i.provider for i in self.store.list_sandboxes()}
+                | {scheme(l.ref) for l in self.store.list_layers()} | ({self._container_provider()}
+                   if self.isolation["isolation_type"] == "container" else set())) - {None, ""}
+
+    def _container_provider(self) -> str:
+        return self.isolation["container_runtime"]
+
+    def provider_of(self, sandbox: str) -> Provider:
+        """The provider of sandbox ``sandbox`` (id or name)."""
+        return self.router.get(self.store.get_sandbox(_ref(sandbox)).provider or self.provider.name)
+
+    def _on(self, sandbox: str):
+        """Route this thread's provider calls to the provider of ``sandbox`` while the context lasts."""
+        return self.router.using(self.store.get_sandbox(_ref(sandbox)).provider or None)
 
     # -- collaborators, loaded on first use ----------------------------------------------
     @property
@@ -128,12 +160,25 @@ class SandboxCore:
         for key in config:
             if key not in SANDBOX_KEYS:
                 raise ConfigError(f"unknown key (known: {', '.join(sorted(SANDBOX_KEYS))})", f"sandbox config.{key}")
-        iso = config.get("isolation_type", "vm")
-        if iso != "vm":
-            raise ConfigError(f"{iso!r} is not supported yet (only 'vm')", "sandbox config.isolation_type")
+        iso = config.get("isolation_type", self.isolation["isolation_type"])
+        if iso not in ISOLATION_TYPES:
+            raise ConfigError(f"{iso!r} is not one of {', '.join(ISOLATION_TYPES)}", "sandbox config.isolation_type")
         if "box" in config and "base_image" in config and config["box"] != config["base_image"]:
             raise ConfigError("give box or base_image (its alias), not both", "sandbox config.box")
-        box = str(config.get("box", config.get("base_image", self.config.sandbox.default_box)))
+        provider = ""
+        if iso == "container":
+            if "box" in config or "base_image" in config:
+                raise ConfigError("a container is made from an image: give image, not box", "sandbox config.box")
+            image = config.get("image", self.isolation["default_image"])
+            if not isinstance(image, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]{0,254}", image):
+                raise ConfigError(f"{image!r} is not a container image name", "sandbox config.image")
+            provider = self._container_provider()
+            box = f"{provider}:{image}"
+        elif "image" in config:
+            raise ConfigError("image is for containers (isolation_type: container); a VM boots a box",
+                              "sandbox config.image")
+        else:
+            box = str(config.get("box", config.get("base_image", self.config.sandbox.default_box)))
         net = config.get("network_mode", "none")
         if net == "bridge":
             raise ConfigError("'bridge' is not supported yet (use 'none' or 'nat')", "sandbox config.network_mode")
@@ -165,7 +210,7 @@ class SandboxCore:
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
             raise ConfigError(f"{ttl!r} must be a number of seconds above 0", "sandbox config.ttl_seconds")
         return SandboxRequest(box=box, limits=limits, network_mode=net, persistent=persistent,
-                              clone_from=config.get("clone_from"), ttl_seconds=float(ttl))
+                              clone_from=config.get("clone_from"), ttl_seconds=float(ttl), provider=provider)
 
     # -- create ----------------------------------------------------------------------------
     def create_sandbox(self, name: str, config: Mapping | None = None, progress: Optional[Progress] = None) -> str:
@@ -177,30 +222,36 @@ class SandboxCore:
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise ConfigError(f"{name!r} is not a valid sandbox name (1-40 of a-z 0-9 '-', starting with a letter or digit)", "name")
         req = self.parse_request(config)
-        if req.clone_from:
-            return self.snapshots.clone(name, req.clone_from, req, progress)
-        return self.lifecycle.create(name, req, progress)
+        if req.clone_from:        # a clone lives where its snapshot does
+            origin = self.store.get_sandbox(self.snapshots.resolve(req.clone_from).sandbox_id)
+            with self._on(origin.id):
+                return self.snapshots.clone(name, req.clone_from, req, progress)
+        with self.router.using(req.provider):
+            return self.lifecycle.create(name, req, progress)
 
     # -- snapshots -------------------------------------------------------------------------
     def create_snapshot(self, sandbox_id: str, name: str, memory: Optional[bool] = None,
                         metadata: Mapping | None = None) -> str:
         """Freeze the sandbox's disk (and, by default for a running guest, its memory); returns the
         snapshot id. The guest keeps running. Raises ConfigError (bad or duplicate name), StateError."""
-        return self.snapshots.create(sandbox_id, name, memory, dict(metadata or {}))
+        with self._on(sandbox_id):
+            return self.snapshots.create(sandbox_id, name, memory, dict(metadata or {}))
 
     def rollback(self, sandbox_id: str, snapshot_id: str, preserve_logs: bool = True,
                  progress: Optional[Progress] = None, notify: bool = True) -> bool:
         """Return the sandbox to a snapshot: memory snapshots resume where they were, disk-only ones
         boot. Raises RollbackError (the sandbox is left as it was, or BROKEN and says so), NotFoundError.
         ``notify=False``: rollback callbacks are not called for this one."""
-        return self.snapshots.rollback(sandbox_id, snapshot_id, preserve_logs, progress, notify)
+        with self._on(sandbox_id):
+            return self.snapshots.rollback(sandbox_id, snapshot_id, preserve_logs, progress, notify)
 
     def list_snapshots(self, sandbox_id: str) -> list[Snapshot]:
         return self.snapshots.list(sandbox_id)
 
     def delete_snapshot(self, sandbox_id: str, snapshot_id: str) -> None:
         """Forget a snapshot; its layer is freed when nothing else stands on it."""
-        self.snapshots.delete(sandbox_id, snapshot_id)
+        with self._on(sandbox_id):
+            self.snapshots.delete(sandbox_id, snapshot_id)
 
     def cleanup_snapshots(self, days: float) -> list[str]:
         """Delete snapshots older than ``days`` (0 keeps all); returns their ids."""
@@ -223,8 +274,9 @@ class SandboxCore:
         again under the sandbox's lock, so an operation in flight is never mistaken for it."""
         if info.state not in (SandboxState.RUNNING, SandboxState.PAUSED):
             return info
+        provider = self.router.get(info.provider or self.provider.name)
         try:
-            actual = self.provider.machine_state(info.domain)
+            actual = provider.machine_state(info.domain)
         except ProviderError:
             return info
         if actual in ("running", "paused") and actual != info.state.value and not info.reason.startswith("limit:"):
@@ -236,7 +288,7 @@ class SandboxCore:
                 current = self.store.find_sandbox(info.id)
                 if current is None or (current.domain, current.state) != (info.domain, info.state):
                     return current or info        # an operation changed it meanwhile
-                actual = self.provider.machine_state(info.domain)
+                actual = provider.machine_state(info.domain)
                 if actual not in ("shutoff", "crashed", None):
                     return current
                 why = "its machine is gone" if actual is None else f"the guest is {actual}"
@@ -349,10 +401,10 @@ class SandboxCore:
     def _auto_snapshot(self, info: SandboxInfo, assessment) -> None:
         """Before a command rated MEDIUM or above: a disk-only automatic snapshot when
         ``rollback.auto_snapshot`` is on (disk-only keeps it at tens of milliseconds)."""
-        if not self.config.rollback.auto_snapshot or Capability.DISK_SNAPSHOTS not in self.provider.capabilities:
+        if not self.config.rollback.auto_snapshot or Capability.DISK_SNAPSHOTS not in self.provider_of(info.id).capabilities:
             return
         name = f"auto-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        self.snapshots.create(info.id, name, memory=False,
+        self.create_snapshot(info.id, name, memory=False,
                               metadata={"automatic": True, "reason": f"before: {assessment.command[:200]}",
                                         "level": assessment.risk_level.value})
 
@@ -389,7 +441,7 @@ class SandboxCore:
     # -- power -----------------------------------------------------------------------------
     def _power(self, sandbox_id: str, operation: str, target: SandboxState, action: Callable[[SandboxInfo], None],
                reason: str = "", **detail: Any) -> SandboxInfo:
-        with self.ops.run(_ref(sandbox_id), operation) as op:
+        with self._on(sandbox_id), self.ops.run(_ref(sandbox_id), operation) as op:
             action(op.info)
             op.update(state=target, reason=reason)
             op.detail.update(detail, **({"reason": reason} if reason else {}))
@@ -399,8 +451,8 @@ class SandboxCore:
         """Power the guest off (ACPI, hard after ``timeout``); disk kept; ``start`` boots it again."""
         def act(info: SandboxInfo) -> None:
             self.sessions.drop(info.id)
-            self.provider.shutdown_machine(info.domain, timeout)
-        self.provider.require_capability(Capability.STOP_START, "stop a sandbox")
+            self.router.shutdown_machine(info.domain, timeout)
+        self.provider_of(sandbox_id).require_capability(Capability.STOP_START, "stop a sandbox")
         return self._power(sandbox_id, "stop", SandboxState.STOPPED, act)
 
     def start(self, sandbox_id: str, progress: Optional[Progress] = None) -> SandboxInfo:
@@ -408,37 +460,37 @@ class SandboxCore:
         def act(info: SandboxInfo) -> None:
             # Redefine every time: the active layer may have changed (a snapshot of the stopped
             # guest), or the definition may be gone (host restart).
-            self.provider.start_machine(self.lifecycle.spec(info))
+            self.router.start_machine(self.lifecycle.spec(info))
             self.sessions.drop(info.id)
             self.lifecycle.wait_ready(info, progress)
         return self._power(sandbox_id, "start", SandboxState.RUNNING, act)
 
     def pause(self, sandbox_id: str, reason: str = "") -> SandboxInfo:
         """Freeze the guest's vCPUs (memory kept)."""
-        self.provider.require_capability(Capability.PAUSE, "pause a sandbox")
-        return self._power(sandbox_id, "pause", SandboxState.PAUSED, lambda i: self.provider.pause_machine(i.domain),
+        self.provider_of(sandbox_id).require_capability(Capability.PAUSE, "pause a sandbox")
+        return self._power(sandbox_id, "pause", SandboxState.PAUSED, lambda i: self.router.pause_machine(i.domain),
                            reason)
 
     def resume(self, sandbox_id: str) -> SandboxInfo:
-        self.provider.require_capability(Capability.PAUSE, "resume a sandbox")
-        return self._power(sandbox_id, "resume", SandboxState.RUNNING, lambda i: self.provider.resume_machine(i.domain))
+        self.provider_of(sandbox_id).require_capability(Capability.PAUSE, "resume a sandbox")
+        return self._power(sandbox_id, "resume", SandboxState.RUNNING, lambda i: self.router.resume_machine(i.domain))
 
     def throttle(self, sandbox_id: str, fraction: float = 0.25, reason: str = "") -> SandboxInfo:
         """Cap each vCPU at ``fraction`` of a CPU (a CPU quota); ``unthrottle`` lifts it."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ConfigError(f"{fraction!r} must be a fraction of one CPU in (0, 1]", "fraction")
-        self.provider.require_capability(Capability.CPU_QUOTA, "throttle a sandbox")
-        with self.ops.run(_ref(sandbox_id), "throttle") as op:
-            self.provider.set_cpu_quota(op.info.domain, fraction)
+        self.provider_of(sandbox_id).require_capability(Capability.CPU_QUOTA, "throttle a sandbox")
+        with self._on(sandbox_id), self.ops.run(_ref(sandbox_id), "throttle") as op:
+            self.router.set_cpu_quota(op.info.domain, fraction)
             op.update(throttled=fraction)
             op.detail.update(fraction=fraction, reason=reason)
         return op.info
 
     def unthrottle(self, sandbox_id: str) -> SandboxInfo:
-        self.provider.require_capability(Capability.CPU_QUOTA, "unthrottle a sandbox")
-        with self.ops.run(_ref(sandbox_id), "unthrottle") as op:
+        self.provider_of(sandbox_id).require_capability(Capability.CPU_QUOTA, "unthrottle a sandbox")
+        with self._on(sandbox_id), self.ops.run(_ref(sandbox_id), "unthrottle") as op:
             cpu = float(op.info.cpu)
-            self.provider.set_cpu_quota(op.info.domain, cpu if cpu < 1 else None)
+            self.router.set_cpu_quota(op.info.domain, cpu if cpu < 1 else None)
             op.update(throttled=None)
         return op.info
 
@@ -446,8 +498,8 @@ class SandboxCore:
         """Pull the plug now; keep the disk, console and audit logs for forensics."""
         def act(info: SandboxInfo) -> None:
             self.sessions.drop(info.id)
-            if self.provider.machine_state(info.domain) is not None:
-                self.provider.kill_machine(info.domain)
+            if self.router.machine_state(info.domain) is not None:
+                self.router.kill_machine(info.domain)
         return self._power(sandbox_id, "emergency_shutdown", SandboxState.STOPPED, act, reason)
 
     def get_health_status(self, sandbox_id: str):
@@ -462,7 +514,8 @@ class SandboxCore:
     def destroy(self, sandbox_id: str) -> bool:
         """Stop the guest and remove its machine, disks, logs and record. Waits (bounded) for an
         operation in progress on it; with the provider's daemon down, changes nothing and says so."""
-        return self.lifecycle.destroy(_ref(sandbox_id))
+        with self._on(sandbox_id):
+            return self.lifecycle.destroy(_ref(sandbox_id))
 
     def gc(self, dry_run: bool = False) -> list[str]:
         """Destroy idle non-persistent sandboxes past their ttl, finish what crashed processes left,
@@ -492,7 +545,7 @@ class SandboxCore:
             self.watchdog.stop()
         self.snapshots.wait_background()
         self.sessions.close()
-        self.provider.close()
+        self.router.close()
         self.store.close()
 
     def __enter__(self) -> "SandboxCore":
@@ -500,6 +553,22 @@ class SandboxCore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _isolation_defaults(config: Any) -> dict:
+    """The top-level ``isolation_type``/``container_runtime``/``default_image`` of a ``config=``
+    dict (the specification's form), checked; ConfigError names the bad key."""
+    out = dict(ISOLATION_KEYS)
+    if isinstance(config, MappingABC):
+        out.update({k: config[k] for k in ISOLATION_KEYS if k in config})
+    if out["isolation_type"] not in ISOLATION_TYPES:
+        raise ConfigError(f"{out['isolation_type']!r} is not one of {', '.join(ISOLATION_TYPES)}", "isolation_type")
+    from .providers import PROVIDERS
+    if out["container_runtime"] not in PROVIDERS or out["container_runtime"] in ("libvirt", "fake"):
+        raise ConfigError(f"{out['container_runtime']!r} is not a container runtime (known: docker)", "container_runtime")
+    if not isinstance(out["default_image"], str) or not out["default_image"]:
+        raise ConfigError(f"{out['default_image']!r} is not an image name", "default_image")
+    return out
 
 
 def _ref(sandbox: Any) -> str:

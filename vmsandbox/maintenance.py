@@ -98,10 +98,7 @@ class Maintenance:
         for ref in self.tree.strays():
             done.append(f"file {ref} (no record)")
             if not dry_run:
-                try:
-                    os.unlink(ref)
-                except FileNotFoundError:
-                    pass
+                self.provider.remove_artifact(ref)
         if not dry_run:
             removed = self.snapshots.cleanup_older_than(self.config.rollback.retention_days)
             done.extend(f"snapshot {s} (past rollback.retention_days)" for s in removed)

@@ -178,7 +178,7 @@ class Watchdog:
             records = self.core.store.list_sandboxes()
         records = [r for r in records if r.state in _WATCHED]
         live = [r.domain for r in records if r.state in _LIVE]
-        stats = self.core.provider.machines_stats(live) if live else {}
+        stats = self.core.router.machines_stats(live) if live else {}
         out: dict[str, Health] = {}
         with self._lock:
             if every:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..exceptions import SandboxError
 from ._context import console, get_box_store, get_core, print_json, table
 
 
@@ -30,10 +31,29 @@ def build_cmd(ctx: click.Context, recipe: str, name: str | None, force: bool, as
             status.update(f"{recipe}: {message}")
             console.print(f"  {message}")
         new_box = store.build(recipe, name=name, progress=progress, force=force)
+        image = _container_image(new_box, progress)
     if as_json:
         print_json(new_box.to_dict())
     else:
-        click.echo(f"box {new_box.name!r} built at {new_box.path}")
+        click.echo(f"box {new_box.name!r} built at {new_box.path}" + (f"; container image {image}" if image else ""))
+
+
+def _container_image(new_box, progress) -> str | None:
+    """The same root tree as a container image ``vmsandbox/<box>``, when a Docker daemon answers
+    (a missing daemon or SDK only skips it, and says so)."""
+    try:
+        from ..providers.docker import import_box
+    except ImportError as exc:
+        progress(f"no container image: the Docker SDK is not installed ({exc})")
+        return None
+    image = f"vmsandbox/{new_box.name}"
+    try:
+        progress(f"container image {image}")
+        import_box(new_box, image)
+        return image
+    except SandboxError as exc:
+        progress(f"no container image: {exc}")
+        return None
 
 
 @box.command("list")

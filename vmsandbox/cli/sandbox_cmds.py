@@ -50,13 +50,19 @@ def _limits(cpu, memory, disk) -> dict:
               help="none: no network but the SSH forward (default); nat: outbound allowed.")
 @click.option("--persistent", is_flag=True, help="Keep until destroyed (gc leaves it alone).")
 @click.option("--clone-from", default=None, help="Snapshot to clone (a linked clone, running from that point).")
+@click.option("--container", is_flag=True, help="A container (shares the host kernel; see docs/security.md), not a VM.")
+@click.option("--image", default=None, help="Container image (default: vmsandbox/tiny); implies --container.")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
-def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, json_out):
+def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, container, image, json_out):
     """Create and boot a sandbox; returns when a command can run in it."""
     cfg: dict = {}
     if box:
         cfg["box"] = box
+    if container or image:
+        cfg["isolation_type"] = "container"
+    if image:
+        cfg["image"] = image
     if _limits(cpu, memory, disk):
         cfg["resource_limits"] = _limits(cpu, memory, disk)
     if network_mode:
@@ -77,7 +83,10 @@ def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_fr
     if json_out:
         print_json({**info.to_dict(), "seconds": round(time.monotonic() - start, 3)})
     else:
-        click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; ssh on 127.0.0.1:{info.ssh_port}")
+        endpoint = core.sessions.endpoint(info)
+        where = (f"ssh on 127.0.0.1:{endpoint.port}" if hasattr(endpoint, "port")
+                 else f"{info.provider} machine {info.domain}")
+        click.echo(f"created {info.name} ({info.id}) in {time.monotonic() - start:.1f} s; {where}")
 
 
 @command("list")
@@ -174,6 +183,9 @@ def cp(ctx, src, dst):
 def _ssh_files(core, name, purpose):
     from ..ssh import known_hosts_line, openssh_config
     info, endpoint = core.ssh_target(name, purpose)
+    if not hasattr(endpoint, "port"):
+        raise click.ClickException(f"{name} is a container, not reached by SSH: use `vmsandbox exec {name} -- CMD` "
+                                   f"or `docker -H {getattr(endpoint, 'base_url', '?')} exec -it {info.domain} sh`")
     if not endpoint.host_key:
         raise click.ClickException(f"no host key known yet for {name}; run `vmsandbox exec {name} -- true` once")
     known = core.layout.sandbox_dir(info.id) / "known_hosts"

@@ -12,6 +12,7 @@ PROVIDERS = {
     "libvirt": "vmsandbox.providers.libvirt.provider.LibvirtProvider",
     "vagrant": "vmsandbox.providers.vagrant.VagrantProvider",
     "fake": "vmsandbox.providers.fake.FakeProvider",
+    "docker": "vmsandbox.providers.docker.DockerProvider",
 }
 
 

@@ -6,6 +6,9 @@ inspect), its disks (the layers of the layer tree: the core keeps their records 
 rules, the provider makes, snapshots and deletes the artifacts behind the references it hands
 out), its saved memory states, the endpoint commands reach it through, and the checks of its
 crash-recovery steps. The core never reads a reference: it stores it and hands it back.
+References are file paths, or, for a provider whose artifacts are not files (``ref_scheme``),
+strings that start with ``<provider name>:``; so is the box source of a sandbox made from such a
+provider's own images (``docker:vmsandbox/tiny``). ``providers/router.py`` routes by that prefix.
 
 A provider declares ``capabilities``; the core asks before it calls an optional method and raises
 one clear ``SandboxError`` naming the provider when one is missing (``require_capability``).
@@ -107,6 +110,7 @@ class Provider(abc.ABC):
 
     name: str = "abstract"
     capabilities: frozenset = frozenset()
+    ref_scheme: bool = False        # True: references are "<name>:...", not file paths
 
     def __init__(self, config: Any, layout: "Layout") -> None:
         self.config = config
@@ -137,6 +141,18 @@ class Provider(abc.ABC):
         """References of artifacts this provider holds for the state directory that are not in
         ``known`` (layer and memory references of records and of operations in flight)."""
         return []
+
+    def remove_artifact(self, ref: str) -> None:
+        """Remove a stray artifact (one ``stray_artifacts`` named); a missing one is not an error."""
+        try:
+            Path(ref).unlink()
+        except FileNotFoundError:
+            pass
+
+    def box(self, source: str) -> "Box":
+        """The ``Box`` for a box source of this provider (``<name>:<image>``); NotFoundError when
+        there is no such image. Providers that boot stored boxes only have none."""
+        raise ProviderError(f"the {self.name} provider has no images of its own ({source!r})")
 
     # -- machines --------------------------------------------------------------------------
     @abc.abstractmethod
