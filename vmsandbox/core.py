@@ -30,8 +30,8 @@ from .lifecycle import Lifecycle
 from .maintenance import Maintenance
 from .models import ExecutionResult, SandboxInfo, SandboxState, Snapshot
 from .operations import Operations, require
-from .providers import Capability, Endpoint, Provider, ProviderCheck, load_provider
-from .providers.router import BoxSources, ProviderRouter
+from .providers import Capability, Endpoint, Provider, ProviderCheck, load_provider, provider_class
+from .providers.router import BoxSources, ProviderRouter, scheme
 from .sessions import SessionPool
 from .snapshots import SnapshotManager
 from .store import Store, default_db_path
@@ -40,7 +40,9 @@ log = logging.getLogger("vmsandbox")
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 SANDBOX_KEYS = {"box", "base_image", "resource_limits", "network_mode", "persistent", "isolation_type",
-                "clone_from", "ttl_seconds", "image"}
+                "clone_from", "ttl_seconds", "image", "provider"}
+#: top-level ``config=`` keys that stand for a ``sandbox`` key (the specification's form)
+SANDBOX_SHORTHANDS = {"provider": "provider", "box": "default_box"}
 ISOLATION_TYPES = ("vm", "container")
 #: top-level ``config=`` keys choosing the default isolation (until the config schema has them)
 ISOLATION_KEYS = {"isolation_type": "vm", "container_runtime": "docker", "default_image": "vmsandbox/tiny"}
@@ -74,7 +76,7 @@ class SandboxCore:
                  start_watchdog: bool = True) -> None:
         self.isolation = _isolation_defaults(config)
         if isinstance(config, MappingABC):
-            config = {k: v for k, v in config.items() if k not in ISOLATION_KEYS}
+            config = _sandbox_shorthands({k: v for k, v in config.items() if k not in ISOLATION_KEYS})
         self.config = load_config(config_path, config)
         sb = self.config.sandbox
         self.layout = Layout(sb.state_path, sb.domain_prefix)
@@ -179,6 +181,15 @@ class SandboxCore:
                               "sandbox config.image")
         else:
             box = str(config.get("box", config.get("base_image", self.config.sandbox.default_box)))
+            provider = config.get("provider", "")
+            if provider:
+                from .providers import PROVIDERS
+                if provider not in PROVIDERS or provider_class(provider).ref_scheme:
+                    vms = ", ".join(n for n in PROVIDERS if not provider_class(n).ref_scheme)
+                    raise ConfigError(f"{provider!r} is not a VM provider (known: {vms})", "sandbox config.provider")
+            owner = provider or self.config.sandbox.provider
+            if provider_class(owner).resolves_boxes and not scheme(box):
+                box = f"{owner}:{box}"            # the provider finds it (its own boxes, or the store's)
         net = config.get("network_mode", "none")
         if net == "bridge":
             raise ConfigError("'bridge' is not supported yet (use 'none' or 'nat')", "sandbox config.network_mode")
@@ -569,6 +580,17 @@ def _isolation_defaults(config: Any) -> dict:
     if not isinstance(out["default_image"], str) or not out["default_image"]:
         raise ConfigError(f"{out['default_image']!r} is not an image name", "default_image")
     return out
+
+
+def _sandbox_shorthands(config: dict) -> dict:
+    """``{"provider": "vagrant", "box": "x"}`` at the top level -> the ``sandbox`` section's keys."""
+    moved = {SANDBOX_SHORTHANDS[k]: config.pop(k) for k in list(config) if k in SANDBOX_SHORTHANDS}
+    if moved:
+        section = config.get("sandbox") or {}
+        if not isinstance(section, MappingABC):
+            raise ConfigError(f"expected a mapping, got {type(section).__name__}", "sandbox")
+        config["sandbox"] = {**moved, **section}
+    return config
 
 
 def _ref(sandbox: Any) -> str:

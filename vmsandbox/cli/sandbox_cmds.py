@@ -52,13 +52,17 @@ def _limits(cpu, memory, disk) -> dict:
 @click.option("--clone-from", default=None, help="Snapshot to clone (a linked clone, running from that point).")
 @click.option("--container", is_flag=True, help="A container (shares the host kernel; see docs/security.md), not a VM.")
 @click.option("--image", default=None, help="Container image (default: vmsandbox/tiny); implies --container.")
+@click.option("--provider", default=None, help="VM provider for this sandbox, e.g. vagrant (default: sandbox.provider).")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
-def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, container, image, json_out):
+def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, container, image, provider,
+           json_out):
     """Create and boot a sandbox; returns when a command can run in it."""
     cfg: dict = {}
     if box:
         cfg["box"] = box
+    if provider:
+        cfg["provider"] = provider
     if container or image:
         cfg["isolation_type"] = "container"
     if image:

@@ -111,6 +111,7 @@ class Provider(abc.ABC):
     name: str = "abstract"
     capabilities: frozenset = frozenset()
     ref_scheme: bool = False        # True: references are "<name>:...", not file paths
+    resolves_boxes: bool = False    # True: its sandboxes' boxes are "<name>:<box>", found by ``box()``
 
     def __init__(self, config: Any, layout: "Layout") -> None:
         self.config = config

@@ -107,6 +107,7 @@ def vagrant_box_dirname(name: str) -> str:
 
 class VagrantProvider(LibvirtProvider):
     name = "vagrant"
+    resolves_boxes = True       # "vagrant:NAME": a box of the store, else one Vagrant already has
 
     def __init__(self, config: Any, layout: Any) -> None:
         super().__init__(config, layout)
@@ -196,10 +197,60 @@ class VagrantProvider(LibvirtProvider):
     def _box_registered(self, name: str) -> bool:
         return any((self.home / "boxes" / vagrant_box_dirname(name)).glob("*/libvirt/metadata.json"))
 
+    def _vagrant_homes(self) -> list[Path]:
+        """This provider's ``VAGRANT_HOME``, then the user's (``$VAGRANT_HOME`` or ~/.vagrant.d)."""
+        user = Path(os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
+        return [self.home] + ([user] if user.resolve() != self.home.resolve() else [])
+
+    def _vagrant_box_dir(self, name: str) -> Optional[Path]:
+        """The newest libvirt version of Vagrant box ``name`` in one of the Vagrant homes."""
+        for home in self._vagrant_homes():
+            found = sorted((home / "boxes" / vagrant_box_dirname(name)).glob("*/libvirt/metadata.json"),
+                           key=lambda p: _version_key(p.parent.parent.name))
+            if found:
+                return found[-1].parent
+        return None
+
+    def box(self, source: str) -> Any:
+        """``vagrant:NAME``: box NAME of the box store, else the box Vagrant already has under that
+        name (``vagrant box list``, here or in the user's Vagrant home); NotFoundError saying how
+        to add it otherwise (boxes are never downloaded)."""
+        from ..boxes import BOX_NAME_RE, Box, BoxStore, find_vagrant_insecure_key
+        name = source.partition(":")[2]
+        store = BoxStore(self.config.sandbox.box_path)
+        if BOX_NAME_RE.fullmatch(name):
+            try:
+                return store.get(name)
+            except NotFoundError:
+                pass
+        d = self._vagrant_box_dir(name) if name else None
+        if d is None:
+            raise NotFoundError(
+                f"box {name!r} is neither in the box store ({store.root}) nor known to Vagrant (`vagrant box list`); "
+                f"boxes are not downloaded: add it from a file with `vagrant box add --name {name} FILE.box`, "
+                f"or `vmsandbox box import FILE.box --name NAME`")
+        try:
+            meta = json.loads((d / "metadata.json").read_text())
+            size = int(float(meta.get("virtual_size", 0)) * (1 << 30))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"Vagrant box {name!r}: unreadable {d / 'metadata.json'}: {exc}", "box") from exc
+        return Box(name=source, path=d, image=d / "box.img", virtual_size=size, format="qcow2", kernel=None,
+                   initrd=None, cmdline=None, ssh_user="vagrant", ssh_key=find_vagrant_insecure_key() or d / "Vagrantfile",
+                   host_key=None, created_at=(d / "metadata.json").stat().st_mtime, source=source)
+
     def ensure_box(self, box: Any) -> str:
-        """The Vagrant box name of ``box``; a box of the store is added to Vagrant on first use.
-        ConfigError when Vagrant rejects it."""
+        """The Vagrant box name of ``box``: a box of the store is added to Vagrant on first use; a
+        box of the user's Vagrant home is linked into this provider's. ConfigError when Vagrant
+        rejects it."""
         name = box.name
+        if name.startswith(f"{self.name}:"):
+            name = name.partition(":")[2]
+            if not self._box_registered(name):
+                link = self.home / "boxes" / vagrant_box_dirname(name)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(box.path.parent.parent)
+            return name
         if self._box_registered(name):
             return name
         from ..boxes import BoxStore
@@ -241,6 +292,34 @@ class VagrantProvider(LibvirtProvider):
                 if not net.isActive():
                     raise _map(exc, f"starting network {NETWORK}", self.uri) from exc
 
+    # -- the layers as a storage pool ----------------------------------------------------
+    def _pool_name(self) -> str:
+        return f"{self.prefix}layers"
+
+    def _refresh_pool(self) -> None:
+        """Keep ``<state>/layers`` a (refreshed) directory pool of this libvirtd: `vagrant destroy`
+        in a project deletes its machine's disk as a pool volume and fails on a disk no pool has.
+        Never autostarted."""
+        conn = self.conn()
+        try:
+            try:
+                pool = conn.storagePoolLookupByName(self._pool_name())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                pool = conn.storagePoolDefineXML(
+                    f"<pool type='dir'><name>{escape(self._pool_name())}</name>"
+                    f"<target><path>{escape(str(self.layout.layers))}</path></target></pool>")
+            if not pool.isActive():
+                pool.create()
+            pool.refresh()
+        except libvirt.libvirtError as exc:
+            log.warning("could not refresh storage pool %s: %s", self._pool_name(), exc)
+
+    def snapshot_machine(self, name: str, plan: Any) -> None:
+        super().snapshot_machine(name, plan)
+        self._refresh_pool()
+
     # -- projects ------------------------------------------------------------------------
     def project_dir(self, sandbox_id: str) -> Path:
         return self.layout.sandbox_dir(sandbox_id) / "vagrant"
@@ -274,6 +353,7 @@ class VagrantProvider(LibvirtProvider):
             'Vagrant.configure("2") do |config|',
             f"  config.vm.box = {_rb(box_name)}",
             "  config.vm.box_check_update = false",
+            "  config.ssh.insert_key = false              # clones and rollbacks keep the box's key",
             f"  config.vm.boot_timeout = {int(self.config.sandbox.boot_timeout_seconds)}",
             '  config.vm.synced_folder ".", "/vagrant", disabled: true',
             f"  config.vm.define {_rb(MACHINE)}",
@@ -352,6 +432,10 @@ class VagrantProvider(LibvirtProvider):
         return Path(m.group(1)) if m else None
 
     # -- lifecycle -----------------------------------------------------------------------
+    def new_root_layer(self, box: Any, size_bytes: int) -> str:
+        self._require_vagrant()                   # say so before anything is made
+        return super().new_root_layer(box, size_bytes)
+
     def start_machine(self, spec: MachineSpec) -> None:
         """Define the domain, make it the project's machine, and ``vagrant up`` (which boots it
         and waits for its address and SSH). A guest the project held before (a rollback that
@@ -366,6 +450,7 @@ class VagrantProvider(LibvirtProvider):
         if previous and previous != spec.uuid:
             self._stop_uuid(previous)
         self._set_machine_id(project, spec.uuid)
+        self._refresh_pool()
         try:
             self._vagrant(project, "up")
         except BaseException:
@@ -408,6 +493,7 @@ class VagrantProvider(LibvirtProvider):
                     log.error("could not resume %s after a failed restore: %s", old.name(), exc)
             raise
         self._set_machine_id(project, spec.uuid)
+        self._refresh_pool()
         if old is not None:
             self._stop_uuid(previous)
         self._endpoints.pop(spec.name, None)
@@ -505,6 +591,10 @@ def _parse_ssh_config(text: str) -> dict:
                 break
             out.setdefault(key, parts[1].strip('"'))
     return out
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.-]", version))
 
 
 def _rb(value: str) -> str:
