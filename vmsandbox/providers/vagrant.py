@@ -37,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -146,7 +147,8 @@ class VagrantProvider(LibvirtProvider):
 
     def _run(self, argv: list[str], cwd: Optional[Path], timeout: float) -> subprocess.CompletedProcess:
         """A vagrant command outside python-vagrant (plugin and box commands before any project exists)."""
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o711)                # QEMU reads kernels of Vagrant's boxes in it
         try:
             return subprocess.run(argv, cwd=cwd, env=self._env(), capture_output=True, text=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
@@ -156,13 +158,14 @@ class VagrantProvider(LibvirtProvider):
     def _vagrant(self, project: Path, command: str, *args: str) -> str:
         """Run ``vagrant COMMAND`` in ``project`` through python-vagrant; ProviderError carries the
         relevant lines of its output (never a Ruby backtrace). Returns its standard output."""
-        import vagrant as python_vagrant
+        import vagrant as python_vagrant            # python-vagrant, loaded only when Vagrant is used
         self._require_vagrant()
         out_log, err_log = project / "vagrant.out", project / "vagrant.err"
         for f in (out_log, err_log):
             f.write_text("")
-        v = python_vagrant.Vagrant(root=str(project), env=self._env(), out_cm=python_vagrant.make_file_cm(out_log),
-                                   err_cm=python_vagrant.make_file_cm(err_log))
+        v = _BoundedVagrant(root=str(project), env=self._env(), out_cm=python_vagrant.make_file_cm(out_log),
+                            err_cm=python_vagrant.make_file_cm(err_log))
+        v.timeout = 2 * float(self.config.sandbox.boot_timeout_seconds) + 60   # vagrant-libvirt's IP wait has no bound
         try:
             if command == "up":
                 v.up(provision=False)
@@ -176,6 +179,9 @@ class VagrantProvider(LibvirtProvider):
             kept.write_text(f"$ vagrant {command}\n{out}\n--- stderr ---\n{err}")
             raise ProviderError(f"`vagrant {command}` failed (full output: {kept}):\n"
                                 f"{vagrant_error_lines(err, out)}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ProviderError(f"`vagrant {command}` did not finish in {v.timeout:g} s and was stopped "
+                                f"(its output: {out_log})") from exc
         except (OSError, RuntimeError) as exc:
             raise ProviderError(f"cannot run vagrant: {exc}") from exc
         return out_log.read_text(errors="replace")
@@ -215,7 +221,7 @@ class VagrantProvider(LibvirtProvider):
         """``vagrant:NAME``: box NAME of the box store, else the box Vagrant already has under that
         name (``vagrant box list``, here or in the user's Vagrant home); NotFoundError saying how
         to add it otherwise (boxes are never downloaded)."""
-        from ..boxes import BOX_NAME_RE, Box, BoxStore, find_vagrant_insecure_key
+        from ..boxes import BOX_NAME_RE, Box, BoxStore, find_vagrant_insecure_key, read_box
         name = source.partition(":")[2]
         store = BoxStore(self.config.sandbox.box_path)
         if BOX_NAME_RE.fullmatch(name):
@@ -229,6 +235,8 @@ class VagrantProvider(LibvirtProvider):
                 f"box {name!r} is neither in the box store ({store.root}) nor known to Vagrant (`vagrant box list`); "
                 f"boxes are not downloaded: add it from a file with `vagrant box add --name {name} FILE.box`, "
                 f"or `vmsandbox box import FILE.box --name NAME`")
+        if (d / "vmsandbox.json").is_file():      # a box vmsandbox exported: it says how it boots
+            return read_box(d, source)
         try:
             meta = json.loads((d / "metadata.json").read_text())
             size = int(float(meta.get("virtual_size", 0)) * (1 << 30))
@@ -578,6 +586,35 @@ class VagrantProvider(LibvirtProvider):
             except ProviderError as exc:
                 out.append(ProviderCheck("vagrant-libvirt", False, str(exc), INSTALL_HINT))
         return out
+
+
+def _bounded_vagrant_class():
+    import vagrant as python_vagrant
+
+    class BoundedVagrant(python_vagrant.Vagrant):
+        """python-vagrant, with a time bound: a command that outlives ``timeout`` is stopped with
+        its whole process group (python-vagrant waits for ever)."""
+        timeout: Optional[float] = None
+
+        def _call_vagrant_command(self, args):
+            command = self._make_vagrant_command(args)
+            with self.out_cm() as out_fh, self.err_cm() as err_fh:
+                proc = subprocess.Popen(command, cwd=self.root, stdout=out_fh, stderr=err_fh, env=self.env,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    code = proc.wait(timeout=self.timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise
+            if code != 0:
+                raise subprocess.CalledProcessError(code, command)
+
+    return BoundedVagrant
+
+
+def _BoundedVagrant(**kwargs):
+    return _bounded_vagrant_class()(**kwargs)
 
 
 def _parse_ssh_config(text: str) -> dict:
