@@ -249,5 +249,6 @@ def test_missing_vagrant_is_one_clear_error(provider, monkeypatch):
     core = provider.env.core()
     with pytest.raises(ProviderError, match=r"Vagrant is not installed \(apt-get install"):
         core.create_sandbox("no-vagrant", PROVIDERS[provider.kind])
+    monkeypatch.undo()
     assert core.list_sandboxes() == []
     assert_clean(provider.env, core)
