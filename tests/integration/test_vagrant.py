@@ -216,18 +216,23 @@ def test_box_nobody_has_is_one_clear_error(provider):
     provider.env.cores.append(core)
     with pytest.raises(NotFoundError, match=r"vagrant box add --name ubuntu/jammy64"):
         core.create_sandbox("jammy")
-    assert core.list_sandboxes() == []
+    assert "jammy" not in [i.name for i in core.list_sandboxes()]
 
 
 @inner
 def test_failing_vagrant_up_is_one_clear_error_and_leaves_nothing(provider):
-    core = provider.env.core(sandbox={"boot_timeout_seconds": 1})    # Vagrant gives up waiting for the guest
+    """A box whose kernel is gone: libvirt refuses to start the guest inside `vagrant up`, which
+    dies with a Ruby backtrace; the error is Vagrant's one message line."""
+    boxes = Path(provider.env.state_dir) / "boxes-nokernel"
+    shutil.copytree(Path(BOX_DIR) / "tiny", boxes / "nokernel")
+    (boxes / "nokernel" / "0" / "libvirt" / "vmlinuz").unlink()
+    core = provider.env.core(sandbox={"box_directory": str(boxes)})
     with pytest.raises(ProviderError) as err:
-        core.create_sandbox("too-quick", PROVIDERS[provider.kind])
+        core.create_sandbox("no-kernel", {**PROVIDERS[provider.kind], "box": "nokernel"})
     msg = str(err.value)
-    assert "`vagrant up` failed" in msg and "Timed out" in msg, msg
+    assert "`vagrant up` failed" in msg and "vmlinuz: No such file or directory" in msg, msg
     assert ".rb:" not in msg and "from /" not in msg, msg          # Vagrant's words, not a Ruby trace
-    assert core.list_sandboxes() == []
+    assert "no-kernel" not in [i.name for i in core.list_sandboxes()]
     assert_clean(provider.env, core)
 
 
@@ -239,7 +244,7 @@ def test_box_vagrant_rejects_is_one_clear_error(provider, tmp_path):
     core = provider.env.core(sandbox={"box_directory": str(boxes)})
     with pytest.raises(ConfigError, match=r"Vagrant rejected box 'broken'"):
         core.create_sandbox("broken-box", {**PROVIDERS[provider.kind], "box": "broken"})
-    assert core.list_sandboxes() == []
+    assert "broken-box" not in [i.name for i in core.list_sandboxes()]
     assert_clean(provider.env, core)
 
 
@@ -250,5 +255,5 @@ def test_missing_vagrant_is_one_clear_error(provider, monkeypatch):
     with pytest.raises(ProviderError, match=r"Vagrant is not installed \(apt-get install"):
         core.create_sandbox("no-vagrant", PROVIDERS[provider.kind])
     monkeypatch.undo()
-    assert core.list_sandboxes() == []
+    assert "no-vagrant" not in [i.name for i in core.list_sandboxes()]
     assert_clean(provider.env, core)
