@@ -144,6 +144,8 @@ def test_create_exec_snapshot_rollback(provider):
     print(f"rollback (disk only, boots): {time.monotonic() - started:.1f} s")
     assert core.execute(sid, "cat /root/state.txt").stdout == "precious\n"
     assert ",state,running" in provider.vagrant(sid, "status", "--machine-readable").stdout
+    health = core.get_health_status(sid)                # host-side metrics of the domain Vagrant runs
+    assert health.metrics.state == "running" and health.metrics.memory_total, health
     assert_clean(provider.env, core)
 
 
