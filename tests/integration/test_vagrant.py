@@ -251,7 +251,14 @@ def test_box_vagrant_rejects_is_one_clear_error(provider, tmp_path):
 
 
 @inner
-def test_missing_vagrant_is_one_clear_error(provider, monkeypatch):
+def test_missing_vagrant_is_one_clear_error(provider, monkeypatch, tmp_path):
+    conf = tmp_path / "config.yaml"
+    conf.write_text(json.dumps(provider.env.config()))
+    cli = subprocess.run([sys.executable, "-m", "vmsandbox.cli", "--config", str(conf), "create", "no-vagrant-cli",
+                          "--provider", "vagrant", "--box", "tiny"], env={**os.environ, "PATH": "/nonexistent"},
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode != 0 and cli.stderr.strip().count("\n") == 0, cli          # one line, no traceback
+    assert "Vagrant is not installed" in cli.stderr, cli
     monkeypatch.setenv("PATH", "/nonexistent")
     core = provider.env.core()
     with pytest.raises(ProviderError, match=r"Vagrant is not installed \(apt-get install"):
