@@ -147,3 +147,15 @@ def test_request_provider_key_and_spec_shorthands(tmp_path):
         assert core.parse_request({"box": "tiny"}).box == "tiny"         # the fake provider: the store's
     finally:
         core.close()
+
+
+def test_vagrant_refuses_a_libvirtd_of_another_namespace(tmp_path):
+    """The host's libvirtd (if one answers here) runs in this namespace; a socket nobody serves fails."""
+    cfg = load_config(config={"sandbox": {"state_directory": str(tmp_path / "s"),
+                                          "vagrant_libvirt_uri": f"qemu:///system?socket={tmp_path}/none"}})
+    p = VagrantProvider(cfg, Layout(tmp_path / "s", "vt-"))
+    with pytest.raises(ProviderError, match="cannot reach the libvirtd"):
+        p._require_libvirtd_here()
+    p.uri = "qemu+ssh://elsewhere/system"
+    with pytest.raises(ProviderError, match="needs a local libvirtd"):
+        p._require_libvirtd_here()

@@ -38,6 +38,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -120,12 +122,18 @@ class VagrantProvider(LibvirtProvider):
         self._net_lock = threading.Lock()
 
     # -- preconditions -------------------------------------------------------------------
-    def _require_vagrant(self) -> str:
-        """The vagrant executable, with the vagrant-libvirt plugin, inside a network namespace."""
+    @staticmethod
+    def _require_namespace() -> None:
+        """Refuse unless this process is inside a named network namespace: Vagrant's guests have
+        private addresses that, asked from the host's namespace, would be routed out of the machine."""
         if current_netns() is None:
             raise ProviderError("the vagrant provider runs only inside a named network namespace (`ip netns exec NS ...`) "
                                 "with a private libvirtd (vagrant-libvirt needs a libvirt NAT network, which must never exist in the host's "
                                 "namespace); see docs/vagrant.md")
+
+    def _require_vagrant(self) -> str:
+        """The vagrant executable, with the vagrant-libvirt plugin, inside a network namespace."""
+        self._require_namespace()
         if self._checked:
             return self._checked
         exe = shutil.which("vagrant")
@@ -275,10 +283,30 @@ class VagrantProvider(LibvirtProvider):
         return name
 
     # -- the management network ----------------------------------------------------------
+    def _require_libvirtd_here(self) -> None:
+        """Refuse unless the libvirtd at ``self.uri`` runs in this process's network namespace: a
+        network is made where the daemon runs, and the host's libvirtd would make it in the host's."""
+        m = re.fullmatch(r"qemu:///system(?:\?socket=([^&]+))?", self.uri)
+        if not m:
+            raise ProviderError(f"the vagrant provider needs a local libvirtd (qemu:///system?socket=PATH), "
+                                f"not {self.uri!r} (sandbox.vagrant_libvirt_uri)")
+        path = m.group(1) or "/run/libvirt/libvirt-sock"
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(path)
+                pid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+            theirs, mine = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
+        except OSError as exc:
+            raise ProviderError(f"cannot reach the libvirtd at {path} to check its network namespace: {exc}") from exc
+        if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+            raise ProviderError(f"the libvirtd at {path} runs in another network namespace than this process; the "
+                                "vagrant provider needs a private libvirtd inside this namespace (see docs/vagrant.md)")
+
     def _ensure_network(self) -> None:
-        """vagrant-libvirt's management network on this provider's libvirtd: defined with
-        dnsmasq's no-ping, started, never autostarted."""
+        """vagrant-libvirt's management network on this provider's libvirtd (which must run in this
+        namespace): defined with dnsmasq's no-ping, started, never autostarted."""
         with self._net_lock:
+            self._require_libvirtd_here()
             conn = self.conn()
             try:
                 net = conn.networkLookupByName(NETWORK)
@@ -545,6 +573,7 @@ class VagrantProvider(LibvirtProvider):
     def endpoint(self, info: Any, box: Any) -> Endpoint:
         """SSH at the host, port, user and key of ``vagrant ssh-config`` (read once per guest:
         kept in memory and in the project), the host key pinned as for libvirt."""
+        self._require_namespace()                 # also for an address read before, in another process
         host_key = info.host_key or box.host_key
         cached = self._endpoints.get(info.domain)
         if cached is None:
