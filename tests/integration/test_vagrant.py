@@ -196,6 +196,23 @@ def test_exported_box_added_by_plain_vagrant_is_used(provider, tmp_path):
                          env={**os.environ, "VAGRANT_HOME": str(user_home), "VAGRANT_CHECKPOINT_DISABLE": "1"},
                          capture_output=True, text=True, timeout=300)
     assert add.returncode == 0, add
+
+    # the repository's top-level Vagrantfile, with plain `vagrant up`, on that box
+    plain = Path(provider.env.state_dir) / "plain"
+    plain.mkdir()
+    shutil.copy(Path(__file__).parents[2] / "Vagrantfile", plain / "Vagrantfile")
+    venv = {**os.environ, "VAGRANT_HOME": str(user_home), "VAGRANT_CHECKPOINT_DISABLE": "1",
+            "VAGRANT_CWD": str(plain), "VMSANDBOX_BOX": "vmsandbox/tiny-exported"}
+    try:
+        up = subprocess.run(["vagrant", "up"], env=venv, capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up
+        ssh = subprocess.run(["vagrant", "ssh", "-c", "cat /proc/version"], env=venv, capture_output=True, text=True,
+                             timeout=120)
+        assert ssh.returncode == 0 and "Linux version" in ssh.stdout, ssh
+    finally:
+        gone = subprocess.run(["vagrant", "destroy", "-f"], env=venv, capture_output=True, text=True, timeout=300)
+    assert gone.returncode == 0, gone
+
     os.environ["VAGRANT_HOME"] = str(user_home)         # this process's user's Vagrant
     try:
         cfg = provider.env.config()
