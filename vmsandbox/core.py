@@ -86,7 +86,8 @@ class SandboxCore:
         self.provider = provider or load_provider(sb.provider, self.config, self.layout)
         # Every collaborator holds the router: each sandbox's calls reach its own provider
         # (record field ``provider``); ``self.providers`` are those loaded so far, by name.
-        self.router = ProviderRouter(self.provider, self.config, self.layout, self._providers_in_use)
+        self.router = ProviderRouter(self.provider, self.config, self.layout, self._providers_in_use,
+                                     offered=[self.isolation["container_runtime"]] if provider is None else [])
         self.providers = self.router.providers
         self._boxes = boxes
         sources = BoxSources(lambda: self.boxes, self.router)

@@ -59,8 +59,9 @@ DEFAULT_IMAGE = "vmsandbox/tiny"
 KEPT_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE")
 PIDS_LIMIT = 256                                     # processes per container: a fork bomb stops here
 _CPU_PERIOD = 100_000
-# PID 1 of a sandbox: Docker's init (reaps orphans, passes SIGTERM) running a shell that idles.
-_IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+# PID 1 of a sandbox: a shell that idles, reaps orphaned processes (``wait`` collects any child)
+# and ends on SIGTERM. Not Docker's --init: that bind-mounts a host binary into the container.
+_IDLE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"]
 _STATES = {"created": "shutoff", "running": "running", "paused": "paused", "restarting": "running",
            "removing": "shutoff", "exited": "shutoff", "dead": "crashed"}
 
@@ -257,7 +258,7 @@ class DockerProvider(Provider):
         cpus = spec.cpu_quota if spec.cpu_quota is not None else spec.vcpus
         try:
             container = self.client.containers.create(
-                self._tag(spec.layer), _IDLE, name=spec.name, hostname=spec.hostname, init=True,
+                self._tag(spec.layer), _IDLE, name=spec.name, hostname=spec.hostname,
                 network_mode=network, cap_drop=["ALL"], cap_add=list(KEPT_CAPABILITIES),
                 security_opt=["no-new-privileges:true"], pids_limit=PIDS_LIMIT,
                 mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes,
@@ -583,14 +584,55 @@ class DockerSession(SSHSession):
             time.sleep(0.01)
 
     def _kill_group_exec(self, pgid: int | None) -> None:
+        """Kill the command's process group: from the host when the daemon is local (works even
+        when the container is at its pids limit, where a new exec cannot start), else by an exec."""
         if pgid is None:
             log.warning("%s: timed-out command never reported its process group", self._where)
+            return
+        if self._kill_group_from_host(pgid):
             return
         try:
             exec_id = self.api.exec_create(self.container, ["/bin/sh", "-c", f"kill -9 -{pgid} 2>/dev/null || kill -9 {pgid}"])["Id"]
             self.api.exec_start(exec_id)
         except docker.errors.DockerException as exc:
             raise _map(exc, f"killing process group {pgid} in {self._where}") from exc
+
+
+    def _kill_group_from_host(self, pgid: int) -> bool:
+        """SIGKILL every process of the container whose in-container process group is ``pgid``,
+        found through /proc (same pid namespace as the container's init, ``NSpgid``); repeated
+        until none is left, since a member may fork meanwhile. False when the container's
+        processes are not visible here (a remote daemon)."""
+        try:
+            init = self.api.inspect_container(self.container)["State"]["Pid"]
+            ns = os.readlink(f"/proc/{init}/ns/pid")
+        except (docker.errors.DockerException, OSError, KeyError):
+            return False
+        for _ in range(50):
+            groups = set()
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/pid") != ns:
+                        continue
+                    with open(f"/proc/{entry}/status") as f:
+                        fields = dict(line.split(":", 1) for line in f if ":" in line)
+                    if int(fields["NSpgid"].split()[-1]) == pgid:
+                        with open(f"/proc/{entry}/stat") as f:
+                            groups.add(int(f.read().rsplit(")", 1)[1].split()[2]))    # pgrp, host numbering
+                except (OSError, KeyError, ValueError, IndexError):
+                    continue
+            if not groups:
+                return True
+            for g in groups:
+                try:
+                    os.killpg(g, 9)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        log.warning("%s: process group %d still has members after repeated kills", self._where, pgid)
+        return True
 
 
 class _Frames:
@@ -658,18 +700,31 @@ def import_box(box: Any, image: Optional[str] = None, base_url: Optional[str] = 
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
                 raise ProviderError(f"making image {name}: {argv[0]} failed: {r.stderr.strip()[-300:]}")
-        (root / "tmp").chmod(0o1777)
+        if not (root / "bin" / "sh").exists():         # debugfs exits 0 even when it read no file system
+            raise ProviderError(f"making image {name}: box {box.name!r} has no ext4 root file system with /bin/sh")
+        if (root / "tmp").is_dir():
+            (root / "tmp").chmod(0o1777)
         tar_path = Path(tmp) / "root.tar"
         with tarfile.open(tar_path, "w") as tar:
             for entry in sorted(root.iterdir()):
                 if entry.name != "lost+found":
                     tar.add(entry, arcname=entry.name)
         try:
+            try:
+                old = client.api.inspect_image(name)["Id"]
+            except docker.errors.NotFound:
+                old = None
             with open(tar_path, "rb") as f:
                 client.api.import_image_from_data(f.read(), repository=name.split(":")[0],
                                                   tag=name.split(":")[1] if ":" in name else "latest",
                                                   changes=[f'LABEL vmsandbox.box="{box.name}"'])
-            return client.api.inspect_image(name)["Id"]
+            new = client.api.inspect_image(name)["Id"]
+            if old and old != new:                       # the replaced image, unless layers still use it
+                try:
+                    client.api.remove_image(old)
+                except docker.errors.APIError:
+                    pass
+            return new
         except docker.errors.DockerException as exc:
             raise _map(exc, f"importing image {name}") from exc
         finally:

@@ -38,9 +38,10 @@ class ProviderRouter(Provider):
     names the other providers its records use (so gc and doctor see them after a restart)."""
 
     def __init__(self, default: Provider, config: Any, layout: Any,
-                 in_use: Callable[[], Iterable[str]] = lambda: ()) -> None:
+                 in_use: Callable[[], Iterable[str]] = lambda: (), offered: Iterable[str] = ()) -> None:
         super().__init__(config, layout)
         self.default = default
+        self.offered = [n for n in offered if n != default.name]    # doctor checks these too
         self.providers: dict[str, Provider] = {default.name: default}
         self._in_use = in_use
         self._lock = threading.Lock()
@@ -77,6 +78,19 @@ class ProviderRouter(Provider):
         except SandboxError:
             pass
         return [self.get(n) for n in names]
+
+    def _each(self, call: Callable[[Provider], list]) -> list:
+        """``call`` over the active providers; one merely loaded (no record uses it: doctor's
+        check of a container runtime) may be unreachable without failing the whole answer."""
+        needed = {self.default.name} | set(self._in_use())
+        out: list = []
+        for p in self.active():
+            try:
+                out += call(p)
+            except SandboxError:
+                if p.name in needed:
+                    raise
+        return out
 
     def for_ref(self, ref: str) -> Provider:
         name = scheme(ref)
@@ -132,7 +146,7 @@ class ProviderRouter(Provider):
         return self.for_ref(ref).check_layer(ref, parent_ref)
 
     def stray_artifacts(self, known: set[str]) -> list[str]:
-        return [ref for p in self.active() for ref in p.stray_artifacts(known)]
+        return self._each(lambda p: p.stray_artifacts(known))
 
     def remove_artifact(self, ref: str) -> None:
         self.for_ref(ref).remove_artifact(ref)
@@ -163,7 +177,7 @@ class ProviderRouter(Provider):
         return self.for_machine(name).machine_state(name)
 
     def list_machines(self, prefix: str, owner: Optional[str] = None) -> list[str]:
-        return sorted({m for p in self.active() for m in p.list_machines(prefix, owner)})
+        return sorted(set(self._each(lambda p: p.list_machines(prefix, owner))))
 
     def machine_stats(self, name: str) -> DomainStats:
         return self.for_machine(name).machine_stats(name)
@@ -182,7 +196,17 @@ class ProviderRouter(Provider):
         return out
 
     def checks(self) -> list[ProviderCheck]:
-        return [c for p in self.active() for c in p.checks()]
+        """Every provider in use, and those offered per sandbox (a container runtime) even unused."""
+        out = [c for p in self.active() for c in p.checks()]
+        for name in self.offered:
+            if name in self.providers:
+                continue
+            try:
+                out += self.get(name).checks()
+            except (ImportError, SandboxError) as exc:
+                out.append(ProviderCheck(name, False, f"the {name} provider cannot load: {exc}",
+                                         "pip install -e . (its Python dependency)"))
+        return out
 
     # -- snapshots and memory ------------------------------------------------------------
     def plan_snapshot(self, active_ref: str, memory: bool) -> SnapshotPlan:
