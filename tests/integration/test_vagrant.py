@@ -12,8 +12,8 @@ that the tests make, against a private libvirtd (DESIGN.md). So this module runs
   tears everything down and checks that the root namespace's links and routes did not change;
 - inside (``$VMSANDBOX_TEST_NETNS`` set): the real tests, which refuse to start unless this
   process is in that namespace and the namespace has no default route.
-Written over a ``provider`` fixture (like tests/integration/test_provider_contract.py) so the
-contract suite can take ``vagrant`` in.
+Written over a ``provider`` fixture, like tests/integration/test_provider_contract.py; the inner
+run also runs that contract suite, over ``vagrant`` (its PROVIDERS inside the namespace).
 """
 import json
 import os
@@ -48,7 +48,8 @@ def test_vagrant_suite_in_private_namespace(tiny_box):
     p = PrivateLibvirt().start()
     try:
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                "--rootdir", str(Path(__file__).parents[2]), __file__]
+                "--rootdir", str(Path(__file__).parents[2]), __file__,
+                str(Path(__file__).with_name("test_provider_contract.py"))]     # the contract, over vagrant
         r = subprocess.run(p.command_inside(argv), env={**os.environ, **p.env()}, capture_output=True, text=True,
                            timeout=900, cwd=Path(__file__).parents[2])
     finally:
