@@ -60,9 +60,12 @@ class PrivateLibvirt:
         return self
 
     def mounts(self) -> str:
-        """Shell lines that bind the private tree over libvirt's directories (in a new mount namespace)."""
+        """Shell lines that bind the private tree over libvirt's directories (in a new mount
+        namespace) and mount the host's cgroup hierarchies again (`ip netns exec` mounts a new
+        /sys, which hides them: "cgroup CPUACCT controller is not mounted"; a bare cgroup2 mount
+        where the host uses v1 controllers lacks the CPU controller, so no CPU quota)."""
         lines = [f"mount --bind {self.root / k} {v}" for k, v in DIRS.items()]
-        lines.append("mount -t cgroup2 cgroup2 /sys/fs/cgroup")   # else: "cgroup CPUACCT controller is not mounted"
+        lines += _cgroup_mounts()
         return " && ".join(lines) + " && "
 
     def _make_tree(self) -> None:
@@ -125,6 +128,26 @@ class PrivateLibvirt:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         return removed
+
+
+def _cgroup_mounts() -> list[str]:
+    """Commands that mount the cgroup hierarchies under /sys/fs/cgroup as the host has them."""
+    mounts = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            src, target, fstype, opts = line.split()[:4]
+            if target.startswith("/sys/fs/cgroup") and fstype in ("tmpfs", "cgroup", "cgroup2"):
+                mounts.append((target, fstype, opts))
+    if not any(t == "/sys/fs/cgroup" for t, _, _ in mounts):     # a pure cgroup v2 host
+        return ["mount -t cgroup2 cgroup2 /sys/fs/cgroup"]
+    out = []
+    for target, fstype, opts in mounts:
+        if fstype == "tmpfs":
+            out.append(f"mount -t tmpfs -o mode=755 tmpfs {target}")
+        else:
+            wanted = ",".join(o for o in opts.split(",") if o not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec"))
+            out.append(f"mkdir -p {target} && mount -t {fstype} {'-o ' + wanted + ' ' if wanted else ''}{fstype} {target}")
+    return out
 
 
 def _kill_and_wait(pid: int, timeout: float = 15) -> None:
