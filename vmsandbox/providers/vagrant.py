@@ -531,7 +531,11 @@ class VagrantProvider(LibvirtProvider):
         self._set_machine_id(project, spec.uuid)
         self._refresh_pool()
         if old is not None:
+            known = self._endpoints.get(old.name())
             self._stop_uuid(previous)
+            if known is not None:     # the resumed guest has its predecessor's MAC and address in memory
+                self._remember_endpoint(project, spec.name, known)
+                return
         self._endpoints.pop(spec.name, None)
 
     def _lookup_uuid(self, uuid: str) -> Optional["libvirt.virDomain"]:
@@ -572,7 +576,8 @@ class VagrantProvider(LibvirtProvider):
     # -- endpoints -----------------------------------------------------------------------
     def endpoint(self, info: Any, box: Any) -> Endpoint:
         """SSH at the host, port, user and key of ``vagrant ssh-config`` (read once per guest:
-        kept in memory and in the project), the host key pinned as for libvirt."""
+        kept in memory and in the project; a guest a rollback resumed from memory keeps its
+        predecessor's), the host key pinned as for libvirt."""
         self._require_namespace()                 # also for an address read before, in another process
         host_key = info.host_key or box.host_key
         cached = self._endpoints.get(info.domain)
@@ -597,11 +602,16 @@ class VagrantProvider(LibvirtProvider):
             ep = Endpoint(conf["hostname"], int(conf.get("port", 22)), conf["user"], Path(conf["identityfile"]), None)
         except (KeyError, ValueError) as exc:
             raise ProviderError(f"`vagrant ssh-config` in {project} gave no usable address ({exc})") from exc
+        self._remember_endpoint(project, info.domain, ep)
+        return ep
+
+    def _remember_endpoint(self, project: Path, domain: str, ep: Endpoint) -> None:
+        self._endpoints[domain] = ep
+        saved = project / "endpoint.json"
         tmp = saved.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"domain": info.domain, "host": ep.host, "port": ep.port, "user": ep.user,
+        tmp.write_text(json.dumps({"domain": domain, "host": ep.host, "port": ep.port, "user": ep.user,
                                    "key": str(ep.key_path)}))
         os.replace(tmp, saved)
-        return ep
 
     # -- health --------------------------------------------------------------------------
     def checks(self) -> list[ProviderCheck]:
