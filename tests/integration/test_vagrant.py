@@ -47,7 +47,7 @@ def test_vagrant_suite_in_private_namespace(tiny_box):
     before = root_network()
     p = PrivateLibvirt().start()
     try:
-        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+        argv = [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-o", "addopts=",
                 "--rootdir", str(Path(__file__).parents[2]), __file__,
                 str(Path(__file__).with_name("test_provider_contract.py"))]     # the contract, over vagrant
         r = subprocess.run(p.command_inside(argv), env={**os.environ, **p.env()}, capture_output=True, text=True,
