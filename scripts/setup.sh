@@ -17,6 +17,7 @@ APT_PACKAGES=(
   syslinux syslinux-common mtools dosfstools fdisk                                    # the bootable test box
   debootstrap                                     # the debian box (built by the tests, or `vmsandbox box build debian`)
   iproute2 util-linux procps
+  vagrant vagrant-libvirt dnsmasq-base              # the vagrant provider (its tests run in a private network namespace)
   docker.io                                       # container sandboxes (dockerd, containerd, runc, docker-init)
   acl                                             # setfacl, in the fixes `vmsandbox doctor` prints
 )

@@ -167,21 +167,7 @@ class BoxStore:
         return self.root / name / LAYOUT
 
     def _load(self, name: str) -> Box:
-        path = self._box_dir(name)
-        try:
-            info = json.loads((path / INFO_FILE).read_text())
-            kernel, initrd = info.get("kernel"), info.get("initrd")
-            return Box(
-                name=name, path=path, image=path / info.get("image", IMAGE_FILE),
-                virtual_size=int(info["virtual_size"]), format=info.get("format", "qcow2"),
-                kernel=path / kernel if kernel else None, initrd=path / initrd if initrd else None,
-                cmdline=info.get("cmdline"), ssh_user=info["ssh_user"],
-                ssh_key=path / info.get("ssh_key", KEY_FILE), host_key=info.get("host_key"),
-                created_at=float(info["created_at"]), source=info.get("source", ""))
-        except FileNotFoundError:
-            raise NotFoundError(f"box {name!r} has no {INFO_FILE} in {path}") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"box {name!r}: unreadable {path / INFO_FILE}: {exc}") from exc
+        return read_box(self._box_dir(name), name)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -257,6 +243,31 @@ class BoxStore:
             info = _box_info(image_info, f"import:{file}", ssh_user)
             self._finish(stage, name, info, force)
         return self.get(name)
+
+    def export(self, name: str, output: Path) -> Path:
+        """Write box ``name`` as a Vagrant libvirt ``.box`` file (a tar of box.img, metadata.json,
+        its Vagrantfile and what that names: kernel, initrd, key; and vmsandbox.json, so that a
+        box Vagrant keeps still says how it boots) that ``vagrant box add`` accepts.
+        Written beside ``output`` and renamed into place: a failure leaves no partial file."""
+        box = self.get(name)
+        output = Path(output).resolve()
+        if not output.parent.is_dir():
+            raise ConfigError(f"directory {str(output.parent)!r} does not exist", "output")
+        files = [f for f in sorted(box.path.iterdir()) if f.is_file()]   # vmsandbox.json too: how it boots
+        if not (box.path / "metadata.json").is_file():
+            raise ConfigError(f"box {name!r} has no metadata.json; it cannot be exported")
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+        os.close(fd)
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                for f in files:
+                    tar.add(f, arcname=f.name, filter=_plain_member)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, output)
+        except BaseException:
+            _remove(Path(tmp))
+            raise
+        return output
 
     def remove(self, name: str) -> None:
         """Delete a box (NotFoundError if there is none). Sandboxes still using it break."""
@@ -336,6 +347,25 @@ class BoxStore:
         return image_info
 
 
+def read_box(path: Path, name: str) -> Box:
+    """The box in directory ``path`` (one with a ``vmsandbox.json``: the store's, or a box a store
+    exported that Vagrant now keeps), called ``name``."""
+    try:
+        info = json.loads((path / INFO_FILE).read_text())
+        kernel, initrd = info.get("kernel"), info.get("initrd")
+        return Box(
+            name=name, path=path, image=path / info.get("image", IMAGE_FILE),
+            virtual_size=int(info["virtual_size"]), format=info.get("format", "qcow2"),
+            kernel=path / kernel if kernel else None, initrd=path / initrd if initrd else None,
+            cmdline=info.get("cmdline"), ssh_user=info["ssh_user"],
+            ssh_key=path / info.get("ssh_key", KEY_FILE), host_key=info.get("host_key"),
+            created_at=float(info["created_at"]), source=info.get("source", ""))
+    except FileNotFoundError:
+        raise NotFoundError(f"box {name!r} has no {INFO_FILE} in {path}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"box {name!r}: unreadable {path / INFO_FILE}: {exc}") from exc
+
+
 def _box_info(image_info: dict, source: str, ssh_user: str, host_key: str | None = None,
               kernel: str | None = None, initrd: str | None = None, cmdline: str | None = None,
               **extra: object) -> dict:
@@ -356,6 +386,13 @@ def _check_member(member: tarfile.TarInfo, file: Path) -> None:
     if not (member.isfile() or member.isdir()):
         raise ConfigError(f"{file.name}: {member.name!r} is a link or special file; "
                           "a box file may hold only regular files")
+
+
+def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A box file member owned by nobody in particular (the store's uids mean nothing elsewhere)."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
 
 
 def _check_image(image: Path, error: type = ProviderError, label: str = "") -> dict:

@@ -68,8 +68,15 @@ Text = text()
 
 
 def _box_name(v: Any) -> str:
+    """A box of the store (its rule), or ``ORG/NAME`` as Vagrant names boxes (a provider that finds
+    its own boxes resolves it; the store has none by that name)."""
     from .boxes import validate_box_name     # the box store owns the rule; imported only when used
     try:
+        if isinstance(v, str) and v.count("/") == 1:
+            org, name = v.split("/")
+            validate_box_name(org)
+            validate_box_name(name)
+            return v
         return validate_box_name(v)
     except ConfigError as exc:
         fail(message_of(exc))
@@ -390,6 +397,7 @@ def _read_yaml(path: str | os.PathLike) -> dict:
 ALIASES = {
     ("sandbox", "libvirt_uri"): ("providers", "libvirt", "uri"),
     ("sandbox", "accelerator"): ("providers", "libvirt", "accelerator"),
+    ("sandbox", "vagrant_libvirt_uri"): ("providers", "vagrant", "uri"),
     # the specification's top-level keys (docs/seed-mapping.md)
     (None, "isolation_type"): ("sandbox", "default_isolation"),
     (None, "container_runtime"): ("sandbox", "container_provider"),

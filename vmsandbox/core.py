@@ -30,10 +30,10 @@ from .lifecycle import Lifecycle
 from .maintenance import Maintenance
 from .models import ExecutionResult, SandboxInfo, SandboxState, Snapshot
 from .operations import Operations, require
-from .providers import Capability, Endpoint, Provider, ProviderCheck, load_provider
+from .providers import Capability, Endpoint, Provider, ProviderCheck, load_provider, provider_class
 from .request import SandboxRequest, check_name, parse_request
 from .schema import Seconds, validate
-from .providers.router import BoxSources, ProviderRouter
+from .providers.router import BoxSources, ProviderRouter, scheme
 from .sessions import SessionPool
 from .snapshots import SnapshotManager
 from .store import Store, default_db_path
@@ -133,8 +133,16 @@ class SandboxCore:
         return self.layout.console_log(info.id, info.generation)
 
     def parse_request(self, config: Mapping | None) -> SandboxRequest:
-        """Validate a ``create_sandbox`` config dict (see ``vmsandbox.request``); ConfigError names the bad key."""
-        return parse_request(self.config, config)
+        """Validate a ``create_sandbox`` config dict (see ``vmsandbox.request``); ConfigError names the bad key.
+        A VM request names a VM provider; a provider that finds its own boxes gets ``<provider>:<box>``."""
+        req = parse_request(self.config, config)
+        if req.isolation_type == "vm" and provider_class(req.provider).ref_scheme:
+            from .providers import PROVIDERS
+            vms = ", ".join(n for n in PROVIDERS if not provider_class(n).ref_scheme)
+            raise ConfigError(f"{req.provider!r} is not a VM provider (known: {vms})", "sandbox config.provider")
+        if provider_class(req.provider).resolves_boxes and not scheme(req.box):
+            req = replace(req, box=f"{req.provider}:{req.box}")     # the provider finds it (its own boxes, or the store's)
+        return req
 
     # -- create ----------------------------------------------------------------------------
     def create_sandbox(self, name: str, config: Mapping | None = None, progress: Optional[Progress] = None) -> str:

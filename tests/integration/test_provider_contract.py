@@ -21,6 +21,8 @@ PROVIDERS = {
     "libvirt": {},
     "docker": {"isolation_type": "container"},
 }
+if os.environ.get("VMSANDBOX_TEST_NETNS"):     # inside the private namespace test_vagrant.py makes: Vagrant only
+    PROVIDERS = {"vagrant": {"provider": "vagrant"}}
 MAX_OUTPUT = 64 << 10
 
 
@@ -152,5 +154,5 @@ def assert_clean_all(kit):
     assert core.tree.verify() == []
     assert set(core.router.list_machines(kit.env.prefix, owner=str(core.state_dir))) == \
         {i.domain for i in core.store.list_sandboxes()}
-    if kit.kind == "libvirt":
+    if kit.kind in ("libvirt", "vagrant"):
         assert_clean(kit.env, core)

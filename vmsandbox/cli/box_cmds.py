@@ -94,6 +94,18 @@ def import_cmd(ctx: click.Context, file: Path, name: str, ssh_user: str, ssh_key
         say(f"box {new_box.name!r} imported at {new_box.path}")
 
 
+@box.command("export")
+@click.argument("name")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .box file to write (what `vagrant box add` takes).")
+@click.pass_context
+def export_cmd(ctx: click.Context, name: str, output: Path) -> None:
+    """Write a stored box as a Vagrant libvirt .box file."""
+    with console.status(f"exporting box {name!r}"):
+        path = get_box_store(ctx).export(name, output)
+    click.echo(f"box {name!r} written to {path} (add it with `vagrant box add --name {name} {path}`)")
+
+
 @box.command("remove")
 @click.argument("name")
 @click.pass_context

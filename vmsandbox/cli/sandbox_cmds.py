@@ -57,14 +57,18 @@ def _limits(cpu, memory, disk) -> dict:
 @click.option("--image", default=None, help="Container image (default: vmsandbox/tiny); implies --container.")
 @click.option("--ttl", "ttl_seconds", type=float, default=None,
               help="Seconds idle before gc (run by `vmsandbox serve`) destroys it (default: sandbox.ttl_seconds).")
+@click.option("--provider", default=None, help="VM provider for this sandbox, e.g. vagrant (default: sandbox.provider).")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
 def create(ctx, name, box, cpu, memory, disk, network_mode, persistent, clone_from, container, image, ttl_seconds,
+           provider,
            json_out):
     """Create and boot a sandbox; returns when a command can run in it."""
     cfg: dict = {}
     if box:
         cfg["box"] = box
+    if provider:
+        cfg["provider"] = provider
     if container or image:
         cfg["isolation_type"] = "container"
     if image:

@@ -10,6 +10,7 @@ from .base import Capability, Endpoint, MachineSpec, Provider, ProviderCheck, Sn
 
 PROVIDERS = {
     "libvirt": "vmsandbox.providers.libvirt.provider.LibvirtProvider",
+    "vagrant": "vmsandbox.providers.vagrant.VagrantProvider",
     "fake": "vmsandbox.providers.fake.FakeProvider",
     "docker": "vmsandbox.providers.docker.DockerProvider",
 }

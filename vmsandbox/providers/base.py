@@ -115,6 +115,7 @@ class Provider(abc.ABC):
     # read the validated values with ``config.provider_settings(name)``
     Settings: ClassVar[type[ProviderSettings]] = ProviderSettings
     ref_scheme: bool = False        # True: references are "<name>:...", not file paths
+    resolves_boxes: bool = False    # True: its sandboxes' boxes are "<name>:<box>", found by ``box()``
 
     def __init__(self, config: Any, layout: "Layout") -> None:
         self.config = config

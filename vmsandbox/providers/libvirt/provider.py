@@ -182,12 +182,16 @@ class LibvirtProvider(Provider):
         return out
 
     # -- lifecycle -----------------------------------------------------------------------
+    def machine_xml(self, spec: MachineSpec) -> str:
+        """The domain XML of ``spec`` (a subclass changes devices, e.g. the Vagrant provider's NIC)."""
+        kind, _ = self.accelerator()
+        return domain_xml(spec, "kvm" if kind == "kvm" else "qemu")
+
     def start_machine(self, spec: MachineSpec) -> None:
         self._own(spec.name)
         kind, _ = self.accelerator()
-        xml = domain_xml(spec, "kvm" if kind == "kvm" else "qemu")
         try:
-            dom = self.conn().defineXML(xml)
+            dom = self.conn().defineXML(self.machine_xml(spec))
         except libvirt.libvirtError as exc:
             raise _map(exc, f"defining {spec.name}", self.uri) from exc
         try:
@@ -320,18 +324,21 @@ class LibvirtProvider(Provider):
         with self._plain_save_image(Path(memory_ref)) as image:
             try:
                 saved = savefile.read_xml(image)
-                savefile.write_xml(image, savefile.adapt_xml(saved, spec))
+                savefile.write_xml(image, self.adapt_saved_xml(saved, spec))
                 self.conn().restoreFlags(str(image), None, libvirt.VIR_DOMAIN_SAVE_RUNNING)
             except libvirt.libvirtError as exc:
                 raise _map(exc, f"restoring {spec.name} from {image.name}", self.uri) from exc
             except OSError as exc:
                 raise ProviderError(f"reading memory state {image}: {exc.strerror}") from exc
         try:     # a restored domain is transient: define it so stop/start and host restarts work
-            kind, _ = self.accelerator()
-            self.conn().defineXML(domain_xml(spec, "kvm" if kind == "kvm" else "qemu"))
+            self.conn().defineXML(self.machine_xml(spec))
         except libvirt.libvirtError as exc:
             self.destroy_machine(spec.name)
             raise _map(exc, f"defining restored {spec.name}", self.uri) from exc
+
+    def adapt_saved_xml(self, saved_xml: str, spec: MachineSpec) -> str:
+        """The XML a saved guest is restored under (``spec``'s identity, disk and port)."""
+        return savefile.adapt_xml(saved_xml, spec)
 
     @contextmanager
     def _plain_save_image(self, path: Path) -> Iterator[Path]:
