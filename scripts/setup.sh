@@ -76,8 +76,9 @@ step "virtualenv .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 
 step "tiny box"
-if ! .venv/bin/vmsandbox box list --json | grep -q '"name": "tiny"'; then
-  .venv/bin/vmsandbox box build tiny              # also imports the container image vmsandbox/tiny
+if .venv/bin/python -c "import sys; from vmsandbox.boxes import BoxStore; from vmsandbox.config import load_config
+sys.exit(0 if BoxStore(load_config().sandbox.box_path).stale('tiny') else 1)"; then
+  .venv/bin/vmsandbox box build tiny --force      # missing or from an older recipe; also the image vmsandbox/tiny
 elif ! .venv/bin/python -c "from vmsandbox.providers.docker import connect; connect().api.inspect_image('vmsandbox/tiny')" 2>/dev/null; then
   step "container image vmsandbox/tiny"
   .venv/bin/python -c "

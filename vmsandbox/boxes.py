@@ -171,6 +171,18 @@ class BoxStore:
 
     # -- writing -------------------------------------------------------------------------------
 
+    def stale(self, name: str, recipe: str | None = None) -> bool:
+        """True when box ``name`` is missing or was built from another version of its recipe."""
+        try:
+            box = self.get(name)
+        except NotFoundError:
+            return True
+        try:
+            built = json.loads((box.path / INFO_FILE).read_text()).get("recipe_digest")
+        except (OSError, ValueError):
+            return True
+        return built != recipe_digest(recipe or name)
+
     def build(self, recipe: str = "tiny", name: str | None = None,
               progress: Callable[[str], None] | None = None, force: bool = False) -> Box:
         """Run ``boxes/<recipe>/build.sh`` and store its box as ``name`` (default: the recipe name).

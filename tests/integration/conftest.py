@@ -28,10 +28,9 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def tiny_box():
     store = BoxStore(Path(BOX_DIR))
-    try:
-        return store.get("tiny")
-    except NotFoundError:
-        return store.build("tiny")
+    if store.stale("tiny"):                  # missing, or built from an older recipe
+        return store.build("tiny", force=True)
+    return store.get("tiny")
 
 
 def virsh_domains(prefix: str) -> list[str]:
