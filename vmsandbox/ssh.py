@@ -157,7 +157,7 @@ class SSHSession:
     def repin(self, host_key: str) -> None:
         """Pin another host key (the guest's key was rotated); the next connection must show it."""
         with self._lock:
-            self.host_key = _normalize_keyline(host_key)
+            self.host_key = normalize_host_key(host_key)
             self._close_transport()
 
     def is_alive(self) -> bool:

@@ -278,6 +278,7 @@ def ssh(ctx, name, args):
     if not hasattr(endpoint, "port"):
         raise click.ClickException(f"{name} is a container, not reached by SSH: use `vmsandbox exec {name} -- CMD` "
                                    f"or `docker -H {getattr(endpoint, 'base_url', '?')} exec -it {info.domain} sh`")
+    from ..perms import write_private
     settings = _client_settings(ctx, name)
     cfg = core.layout.sandbox_dir(info.id) / "ssh_config"
     write_private(cfg, settings.config_block())

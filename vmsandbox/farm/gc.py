@@ -7,17 +7,8 @@ import time
 
 from ..exceptions import NotFoundError, SandboxError
 from .history import History, history_path
+from ..snapshots import owner_alive as _alive
 from .job import run_prefix
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def farm_gc(core, dry_run: bool = False, all_kept: bool = False) -> list[str]:
