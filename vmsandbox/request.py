@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BeforeValidator
 
 from .config import BoxName, Config, Limits, ProviderName, _image_name, container_unavailable
 from .exceptions import ConfigError, ResourceLimitError
-from .schema import Cpu, Flag, Seconds, Size, fail, section, show, text, validate
+from .schema import Cpu, Flag, Seconds, Size, fail, message_of, section, show, text, validate
 
 Text = text()
 
@@ -74,7 +74,7 @@ class ResourceLimits:
 class RequestInput:
     """The keys of ``create_sandbox``'s config dict; None means "not given"."""
     box: Optional[BoxName] = None
-    base_image: Optional[BoxName] = None       # alias of box
+    base_image: Optional[Text] = None          # the specification's word: a VM's box, or a container's image
     resource_limits: Optional[ResourceLimits] = None
     network_mode: Annotated[str, BeforeValidator(_network_mode)] = "none"
     persistent: Flag = False
@@ -88,16 +88,26 @@ class RequestInput:
 SANDBOX_KEYS = frozenset(RequestInput.__dataclass_fields__)
 
 
+def _as_base_image(key: str, value: str) -> None:
+    """Check ``base_image`` by the rule of what it stands for (a box, or an image), naming it."""
+    try:
+        validate(RequestInput, {key: value}, PATH)
+    except ConfigError as exc:
+        raise ConfigError(message_of(exc), f"{PATH}.base_image") from None
+
+
 def parse_request(config: Config, request: Mapping | None) -> SandboxRequest:
     """Validate a ``create_sandbox`` config dict against ``config``; ConfigError names the bad
     key, ResourceLimitError a limit above ``safety.limits``."""
     given = validate(RequestInput, dict(request) if isinstance(request, Mapping) else request, PATH)
     sb = config.sandbox
-    if given.box is not None and given.base_image is not None and given.box != given.base_image:
-        raise ConfigError("give box or base_image (its alias), not both", f"{PATH}.box")
-    box = given.box or given.base_image or sb.default_box
-
     isolation = given.isolation_type or sb.default_isolation
+    if isolation == "vm" and given.base_image is not None:
+        _as_base_image("box", given.base_image)
+        if given.box is not None and given.box != given.base_image:
+            raise ConfigError("give box or base_image (its alias), not both", f"{PATH}.box")
+    box = given.box or (given.base_image if isolation == "vm" else None) or sb.default_box
+
     provider = given.provider or sb.provider
     if isolation == "container":
         from .providers import PROVIDERS
@@ -107,9 +117,14 @@ def parse_request(config: Config, request: Mapping | None) -> SandboxRequest:
             raise ConfigError(f"{given.provider!r} is not the container provider "
                               f"(sandbox.container_provider: {sb.container_provider!r})", f"{PATH}.provider")
         provider = sb.container_provider
-        if given.box is not None or given.base_image is not None:
-            raise ConfigError("a container is made from an image: give image, not box", f"{PATH}.box")
-        box = f"{provider}:{given.image or sb.default_image}"     # the provider's own box source
+        if given.box is not None:
+            raise ConfigError("a container is made from an image: give image (or base_image), not box", f"{PATH}.box")
+        if given.image is not None and given.base_image is not None and given.image != given.base_image:
+            raise ConfigError("give image or base_image (its alias for containers), not both", f"{PATH}.image")
+        image = given.image or given.base_image or sb.default_image
+        if given.base_image is not None:
+            _as_base_image("image", image)
+        box = f"{provider}:{image}"     # the provider's own box source
     elif given.image is not None:
         raise ConfigError("image is for containers (isolation_type: container); a VM boots a box", f"{PATH}.image")
 
