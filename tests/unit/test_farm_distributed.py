@@ -1,0 +1,81 @@
+"""The distributed farm's pieces on a private redis-server (no guests): payload validation,
+queues of tags, blobs, the broker-down error. Real guests: tests/integration/test_farm_distributed.py."""
+import pytest
+
+from tests.redis_server import RedisServer
+from vmsandbox.exceptions import ConfigError
+from vmsandbox.farm import loads_farm
+from vmsandbox.farm.distributed import (BrokerError, check_broker, get_blob, make_payload, put_blob, queue_for,
+                                        validate_payload, worker_queues)
+from vmsandbox.farm.errors import FarmError
+
+FARM = """\
+name: dist
+base: {box: tiny, setup: "true"}
+jobs:
+  - {name: a, run: "echo a", tags: [kvm, debian], artifacts: ["/out"]}
+  - {name: b, run: "echo b", workdir: /tmp}
+"""
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with RedisServer() as url:
+        yield url
+
+
+def payload(i=0):
+    spec = loads_farm(FARM)
+    return make_payload(spec, spec.jobs[i], "20261202-120000-abcdef", i, [["0" * 64, ".", "/work/src"]])
+
+
+def test_payload_round_trips_and_is_json():
+    import json
+    for i in (0, 1):
+        p = json.loads(json.dumps(payload(i)))
+        run_id, index, spec, job, ups = validate_payload(p)
+        assert job == loads_farm(FARM).jobs[i]
+        assert (run_id, index, ups) == ("20261202-120000-abcdef", i, [["0" * 64, ".", "/work/src"]])
+
+
+@pytest.mark.parametrize("mutate,where", [
+    (lambda p: p["job"].update(run=["rm", "-rf"]), "task.job.run"),
+    (lambda p: p["job"].update(shell="bash"), "task.job"),
+    (lambda p: p["job"].update(timeout=-1), "task.job.timeout"),
+    (lambda p: p["job"].update(name="../x"), "task.job.name"),
+    (lambda p: p.update(run_id="x; rm"), "task.run_id"),
+    (lambda p: p["base"].update(upload=[["0" * 64, "../..", "/w"]]), "task.base.upload"),
+    (lambda p: p["base"].update(box="../../etc"), "task.base.box"),
+    (lambda p: p.update(extra=1), "task"),
+])
+def test_malformed_payloads_are_rejected(mutate, where):
+    p = payload()
+    mutate(p)
+    with pytest.raises(ConfigError) as e:
+        validate_payload(p)
+    assert e.value.path == where
+
+
+def test_queues_of_tags():
+    assert queue_for([]) == "farm" and queue_for(["kvm", "debian"]) == "farm.debian.kvm"
+    assert set(worker_queues(["kvm", "debian"])) == {"farm", "farm.debian", "farm.kvm", "farm.debian.kvm"}
+
+
+def test_blobs_round_trip_dedupe_and_cap(redis_url):
+    r = check_broker(redis_url)
+    data = bytes(range(256)) * 9000          # > 2 chunks
+    d = put_blob(r, data)
+    assert put_blob(r, data) == d and get_blob(r, d) == data
+    assert r.ttl("vmsandbox:farm:blob:" + d) > 0
+    with pytest.raises(FarmError, match="cap"):
+        put_blob(r, data, limit=1000)
+    with pytest.raises(FarmError, match="missing"):
+        get_blob(r, "1" * 64)
+
+
+def test_broker_down_is_a_clear_error():
+    srv = RedisServer()
+    url = srv.start()
+    srv.stop()
+    with pytest.raises(BrokerError, match="cannot be reached"):
+        check_broker(url)
