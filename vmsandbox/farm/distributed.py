@@ -229,6 +229,13 @@ class _Worker:
         self.busy = 0
         self.counts = {"done": 0, "failed": 0, "rejected": 0}
         self.stop = threading.Event()
+        self.poke = threading.Event()         # slot use changed: publish the heartbeat now
+
+    def beat(self) -> None:
+        self.r.set(KEY + "worker:" + self.name, json.dumps(
+            {"name": self.name, "slots": self.slots, "busy": self.busy, "tags": self.tags, "pid": os.getpid(),
+             "host": socket.gethostname(), "at": time.time(), "visibility_timeout": self.visibility_timeout,
+             **self.counts}), ex=int(HEARTBEAT * 4))
 
 
 WORKER: Optional[_Worker] = None
@@ -255,6 +262,7 @@ def _task(self, payload):
         run_id = payload.get("run_id") if isinstance(payload, dict) else None
         name = (payload.get("job") or {}).get("name") if isinstance(payload, dict) and \
             isinstance(payload.get("job"), dict) else None
+        w.poke.set()
         log.error("farm worker %s: rejected a malformed task: %s", w.name, exc)
         w.core.audit("farm_task", "rejected", reason=str(exc))
         if isinstance(run_id, str) and RUN_ID_RE.match(run_id) and isinstance(name, str) and JOB_NAME_RE.match(name):
@@ -264,12 +272,14 @@ def _task(self, payload):
         return None
     with w.lock:
         w.busy += 1
+    w.poke.set()
     _metric("start")
     try:
         return _run_task(w, run_id, index, spec, job, uploads)
     finally:
         with w.lock:
             w.busy -= 1
+        w.poke.set()
         _metric("end")
 
 
@@ -305,7 +315,6 @@ def _run_task(w: _Worker, run_id: str, index: int, spec: FarmSpec, job: JobSpec,
             outcome.setdefault("artifact_notes", []).insert(0, "retried after worker loss")
         w.counts["done" if outcome["status"] == "passed" else "failed"] += 1
         _metric("passed" if outcome["status"] == "passed" else "failed")
-        emit(job.name, "done", {})
         _emit(w.r, run_id, {"job": job.name, "state": "done", "worker": w.name, "outcome": outcome})
     finally:
         history.close()
@@ -373,13 +382,13 @@ def _start_metrics(port: int, slots: int) -> None:
 
 
 def _heartbeat(w: _Worker) -> None:
-    key = KEY + "worker:" + w.name
-    while not w.stop.wait(HEARTBEAT):
+    while True:
+        w.poke.wait(HEARTBEAT)
+        w.poke.clear()
+        if w.stop.is_set():
+            return
         try:
-            w.r.set(key, json.dumps({"name": w.name, "slots": w.slots, "busy": w.busy, "tags": w.tags,
-                                     "pid": os.getpid(), "host": socket.gethostname(), "at": time.time(),
-                                     "visibility_timeout": w.visibility_timeout, **w.counts}),
-                    ex=int(HEARTBEAT * 4))
+            w.beat()
         except Exception as exc:            # the broker may be down for a while: keep beating
             log.warning("farm worker %s: heartbeat failed: %s", w.name, exc)
 
@@ -427,9 +436,7 @@ def run_worker(core, broker: str, name: str, slots: int, tags: list, visibility_
     if metrics_port:
         _start_metrics(metrics_port, slots)
     hb = threading.Thread(target=_heartbeat, args=(w,), daemon=True, name="farm-heartbeat")
-    w.r.set(KEY + "worker:" + name, json.dumps({"name": name, "slots": slots, "busy": 0, "tags": w.tags,
-                                                "at": time.time(), "visibility_timeout": visibility_timeout}),
-            ex=int(HEARTBEAT * 4))
+    w.beat()
     hb.start()
     app = make_app(broker, visibility_timeout)
     queues = ",".join(worker_queues(tags))
@@ -439,6 +446,7 @@ def run_worker(core, broker: str, name: str, slots: int, tags: list, visibility_
                          "--without-gossip", "--without-mingle", "--loglevel=INFO", "-O", "fair"])
     finally:
         w.stop.set()
+        w.poke.set()
         try:
             w.r.delete(KEY + "worker:" + name)
         except Exception:
