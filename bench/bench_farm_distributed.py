@@ -30,9 +30,16 @@ from vmsandbox.farm.distributed import list_workers, run_distributed  # noqa: E4
 from vmsandbox.testing import fake_core  # noqa: E402
 
 JOB_SECONDS = 0.1
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def one(url: str, workers: int, slots: int, jobs: int, tmp: Path) -> dict:
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def one(url: str, redis_pid: int, workers: int, slots: int, jobs: int, tmp: Path) -> dict:
     procs = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
@@ -47,13 +54,18 @@ def one(url: str, workers: int, slots: int, jobs: int, tmp: Path) -> dict:
                 raise SystemExit("workers did not come up")
             time.sleep(0.5)
         time.sleep(2)                  # every Celery consumer connected
+        entries = "".join(f"  - {{name: 'j{k}-{{N}}', run: 'sleep {JOB_SECONDS}', "
+                          f"vars: {{N: {list(range(k * 1000, min(jobs, (k + 1) * 1000)))}}}}}\n"
+                          for k in range((jobs + 999) // 1000))   # a matrix entry expands to <= 1000 jobs
         spec = loads_farm("name: bench\nbase: {box: tiny}\ndefaults: {timeout: 60, keep_failed: false}\n"
-                          "matrix:\n  - {name: 'j-{N}', run: 'sleep %s', vars: {N: %s}}\n"
-                          % (JOB_SECONDS, list(range(jobs))), base_dir=tmp)
+                          "matrix:\n" + entries, base_dir=tmp)
         core = fake_core(tmp / f"sub{workers}")
+        cpu0 = ([cpu_of(p.pid) for p in procs], cpu_of(redis_pid), time.process_time())
         t0 = time.monotonic()
         res = run_distributed(Farm(spec), core, url, outdir=tmp / "out")
         wall = time.monotonic() - t0
+        cpu = {"workers": sum(cpu_of(p.pid) for p in procs) - sum(cpu0[0]), "broker": cpu_of(redis_pid) - cpu0[1],
+               "submitter": time.process_time() - cpu0[2]}
         core.close()
         c = res.counts()
         used = min(workers * slots, jobs)
@@ -62,7 +74,8 @@ def one(url: str, workers: int, slots: int, jobs: int, tmp: Path) -> dict:
             per_worker[j.get("worker")] = per_worker.get(j.get("worker"), 0) + 1
         return {"workers": workers, "slots": slots, "jobs": jobs, "passed": c["passed"], "wall": round(wall, 2),
                 "throughput": round(jobs / wall, 1), "overhead_ms": round((wall * used / jobs - JOB_SECONDS) * 1000, 1),
-                "spread": sorted(per_worker.values())}
+                "spread": sorted(per_worker.values()),
+                "cpu_ms_per_job": {k: round(v * 1000 / jobs, 1) for k, v in cpu.items()}}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -85,21 +98,27 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dist-", dir="/var/tmp"))
     rows = []
     try:
-        with RedisServer() as url:
+        srv = RedisServer()
+        url = srv.start()
+        try:
             for n in [int(x) for x in a.workers.split(",")]:
-                rows.append(one(url, n, a.slots, a.jobs, tmp))
+                rows.append(one(url, srv.proc.pid, n, a.slots, a.jobs, tmp))
                 print(json.dumps(rows[-1]), flush=True)
+        finally:
+            srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]
     print(f"\nload average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
-    print(f"{'workers':>7} {'slots':>5} {'jobs':>5} {'wall s':>7} {'jobs/s':>7} {'x linear':>8} {'overhead ms/job':>15}")
+    print(f"{'workers':>7} {'slots':>5} {'jobs':>5} {'wall s':>7} {'jobs/s':>7} {'x linear':>8} {'overhead ms/job':>15}"
+          f"  CPU ms/job: workers broker submitter")
     ok = True
     for r in rows:
         ideal = base["throughput"] / base["workers"] * r["workers"]
         r["linearity"] = round(r["throughput"] / ideal, 2)
         print(f"{r['workers']:>7} {r['slots']:>5} {r['jobs']:>5} {r['wall']:>7} {r['throughput']:>7} "
-              f"{r['linearity']:>8} {r['overhead_ms']:>15}")
+              f"{r['linearity']:>8} {r['overhead_ms']:>15}  {r['cpu_ms_per_job']['workers']:>16} "
+              f"{r['cpu_ms_per_job']['broker']:>6} {r['cpu_ms_per_job']['submitter']:>9}")
         ok &= r["passed"] == r["jobs"] and r["overhead_ms"] <= 50 and r["linearity"] >= 0.8
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=2))

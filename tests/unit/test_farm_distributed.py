@@ -79,3 +79,34 @@ def test_broker_down_is_a_clear_error():
     srv.stop()
     with pytest.raises(BrokerError, match="cannot be reached"):
         check_broker(url)
+
+
+def test_a_broker_lost_mid_run_is_a_clear_error_after_the_reconnect_window():
+    import time
+
+    from vmsandbox.farm.distributed import _retrying
+    srv = RedisServer()
+    url = srv.start()
+    r = check_broker(url)
+    srv.stop()
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match="lost the broker while waiting .* within 2 s"):
+        _retrying(lambda: r.ping(), "waiting", patience=2)
+    assert time.monotonic() - t0 < 15
+
+
+def test_the_celery_app_takes_json_only_and_acks_late():
+    from vmsandbox.farm.distributed import make_app
+    c = make_app("redis://127.0.0.1:1/0", visibility_timeout=900).conf
+    assert c.accept_content == ["json"] and c.task_serializer == "json"
+    assert c.task_acks_late and c.task_reject_on_worker_lost and c.worker_prefetch_multiplier == 1
+    assert c.broker_transport_options["visibility_timeout"] == 900
+
+
+def test_the_cli_without_broker_does_not_load_celery():
+    import subprocess
+    import sys
+    code = ("import sys; from vmsandbox.cli import main; import vmsandbox.farm, vmsandbox.cli.farm_cmds; "
+            "assert 'celery' not in sys.modules and 'redis' not in sys.modules, 'loaded'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
