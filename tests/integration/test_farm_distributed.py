@@ -216,5 +216,6 @@ def test_submit_with_broker_down_exits_2(farm):
     p = submit(d, dead)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 2, out + err
-    assert err.strip().splitlines()[-1].startswith("error: the broker redis://127.0.0.1:") and "cannot be reached" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the broker redis://127.0.0.1:") and "cannot be reached" in last
     assert "Traceback" not in err

@@ -206,8 +206,8 @@ def validate_payload(p: Any) -> tuple[str, int, FarmSpec, JobSpec, list]:
         raise ConfigError(f"{j['name']!r} is not a job name", "task.job.name")
     if not isinstance(j.get("line", 0), int):
         raise ConfigError("must be a number", "task.job.line")
-    typed = _job_fields({k: v for k, v in j.items() if k not in ("name", "line") and not (k == "workdir" and v is None)},
-                        "task.job", lines)
+    given = {k: v for k, v in j.items() if k not in ("name", "line") and not (k == "workdir" and v is None)}
+    typed = _job_fields(given, "task.job", lines)
     job = JobSpec(name=j["name"], line=j.get("line", 0), **{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in typed.items()})
     base = BaseSpec(box=b["box"], setup=b["setup"], upload=(), cpu=machine["cpu"], memory=machine["memory"],
@@ -276,6 +276,15 @@ def _task(self, payload):
     _metric("start")
     try:
         return _run_task(w, run_id, index, spec, job, uploads)
+    except Exception as exc:        # a bug or a broker error here must still give the job an outcome
+        log.exception("farm worker %s: job %s crashed", w.name, job.name)
+        try:
+            _emit(w.r, run_id, {"job": job.name, "state": "done", "worker": w.name, "outcome": {
+                "name": job.name, "status": "error", "worker": w.name,
+                "reason": f"the worker {w.name} failed: {type(exc).__name__}: {exc}"}})
+        except Exception:
+            pass                    # the broker is gone too: the submitter's own checks end its wait
+        return None
     finally:
         with w.lock:
             w.busy -= 1
@@ -289,8 +298,9 @@ def _run_task(w: _Worker, run_id: str, index: int, spec: FarmSpec, job: JobSpec,
     from .job import Control, run_job
     attempt = w.r.incr(f"{KEY}attempt:{run_id}:{index}")
     w.r.expire(f"{KEY}attempt:{run_id}:{index}", BLOB_TTL)
-    emit = lambda job_name, state, info: _emit(w.r, run_id, {"job": job_name, "state": state, "info": info,  # noqa: E731
-                                                              "worker": w.name})
+
+    def emit(job_name: str, state: str, info: dict) -> None:
+        _emit(w.r, run_id, {"job": job_name, "state": state, "info": info, "worker": w.name})
     emit(job.name, "starting", {"worker": w.name})
     work = Path(w.core.state_dir) / "farm-work" / run_id
     history = History(history_path(w.core.state_dir))
@@ -308,7 +318,10 @@ def _run_task(w: _Worker, run_id: str, index: int, spec: FarmSpec, job: JobSpec,
             if outcome.get("kept"):
                 k = outcome["kept"]
                 history.keep(k["snapshot"], k["sandbox"], run_id, job.name, k["expires_at"])
-            _ship_outputs(w, work / job.name, outcome)
+            try:
+                _ship_outputs(w, work / job.name, outcome)
+            except Exception as exc:        # the result stands; say why its files did not come back
+                outcome.setdefault("artifact_notes", []).append(f"logs and artifacts not sent back: {exc}")
         outcome["worker"] = w.name
         if attempt > 1:
             outcome["retried_after_worker_loss"] = attempt - 1
@@ -484,11 +497,17 @@ def _retrying(fn: Callable, what: str, patience: float):
 
 def pack_uploads(r, spec: FarmSpec) -> list:
     """Each upload packed once into a content-addressed blob: ``[[digest, name, guest path], ...]``."""
+    import redis
     out = []
     for local, remote in spec.base.upload:
         p = Path(local)
         name = "." if p.is_dir() else p.name
-        out.append([put_blob(r, pack(p, name), what=f"upload {local}"), name, remote])
+        try:
+            out.append([put_blob(r, pack(p, name), what=f"upload {local}"), name, remote])
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise                                # the caller reconnects and retries
+        except redis.RedisError as exc:          # e.g. OOM: maxmemory reached
+            raise FarmError(f"the broker refused upload {local}: {exc}") from None
     return out
 
 
