@@ -6,7 +6,9 @@ behind; a submit with the broker down exits 2; a malformed task is rejected, nev
 import json
 import os
 import signal
+import socket
 import subprocess
+import urllib.request
 import sys
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ base:
   box: tiny
   setup: "mkdir -p /work && echo ready > /work/base"
   upload: {"./src": "/work/src"}
-defaults: {timeout: 60, memory: 256M, retries: 1}
+defaults: {timeout: 30, memory: 256M, retries: 1}
 jobs:
   - name: hold
     run: "sh /work/src/job.sh hold"
@@ -56,13 +58,14 @@ class Workers:
         for n, e in self.envs.items():
             (d / f"{n}.yaml").write_text(yaml.safe_dump(e.config()))
 
-    def start(self, name: str, visibility: int) -> None:
+    def start(self, name: str, visibility: int, metrics_port: int = 0) -> None:
         logf = self.d / f"{name}.log"
         skip = logf.stat().st_size if logf.exists() else 0
         log = open(logf, "a")
         self.procs[name] = subprocess.Popen(
             VMSANDBOX + ["--config", str(self.d / f"{name}.yaml"), "farm", "worker", "--broker", self.url,
-                         "--slots", "2", "--name", name, "--visibility-timeout", str(visibility)],
+                         "--slots", "2", "--name", name, "--visibility-timeout", str(visibility)]
+            + (["--metrics-port", str(metrics_port)] if metrics_port else []),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -100,7 +103,10 @@ def farm(tiny_box, tmp_path_factory):
     url = srv.start()
     w = Workers(d, url)
     try:
-        w.start("wa", 300)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            w.metrics_port = s.getsockname()[1]
+        w.start("wa", 300, w.metrics_port)
         w.start("wb", 300)
         yield d, url, w
     finally:
@@ -138,6 +144,9 @@ def test_six_jobs_spread_over_two_workers_with_outputs_back(farm):
     ws = {x["name"]: x for x in w.workers()}
     assert ws["wa"]["slots"] == 2 and ws["wa"]["busy"] == ws["wb"]["busy"] == 0
     assert ws["wa"]["done"] + ws["wb"]["done"] == 6
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{w.metrics_port}/metrics", timeout=10).read().decode()
+    assert "vmsandbox_farm_slots 2.0" in metrics and "vmsandbox_farm_jobs_running 0.0" in metrics
+    assert f"vmsandbox_farm_jobs_passed_total {float(ws['wa']['done'])}" in metrics
 
 
 def test_malformed_task_is_rejected_not_run(farm):
@@ -166,7 +175,7 @@ def test_worker_sigkilled_mid_job_loses_nothing(farm):
     d, url, w = farm
     for n in ("wa", "wb"):          # bases exist now: a short visibility timeout is safe and the test quick
         w.stop(n)
-        w.start(n, 60)
+        w.start(n, 90)
     # the same base (env is not one of its inputs); the held job runs long enough to be killed under
     (d / "hold.yaml").write_text(FARM.replace('run: "sh /work/src/job.sh hold"',
                                               'run: "sh /work/src/job.sh hold"\n    env: {HOLD: "20"}'))
@@ -195,7 +204,7 @@ def test_worker_sigkilled_mid_job_loses_nothing(farm):
     assert "hold: ran on worker %s (retried after worker loss)" % survivor in out
     # the killed worker's clone is still running; a restart cleans it up
     e = w.envs[victim]
-    w.start(victim, 60)
+    w.start(victim, 90)
     log = (d / f"{victim}.log").read_text()
     assert "removed orphan clone fm-" in log, log[-2000:]
     from vmsandbox import SandboxCore

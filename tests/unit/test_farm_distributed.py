@@ -110,3 +110,12 @@ def test_the_cli_without_broker_does_not_load_celery():
             "assert 'celery' not in sys.modules and 'redis' not in sys.modules, 'loaded'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_job_longer_than_a_workers_visibility_timeout_is_refused():
+    from vmsandbox.farm.distributed import check_visibility
+    jobs = loads_farm(FARM.replace('run: "echo b"', 'run: "echo b", timeout: 3600')).jobs
+    check_visibility([{"name": "w1", "visibility_timeout": 7200}], jobs)
+    with pytest.raises(FarmError, match="job 'b' may run 3600 s.*worker w2 \\(3600 s\\)"):
+        check_visibility([{"name": "w1", "visibility_timeout": 7200}, {"name": "w2", "visibility_timeout": 3600}],
+                         jobs)

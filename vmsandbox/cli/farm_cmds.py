@@ -56,14 +56,18 @@ class _Progress:
 
     def render(self) -> Table:
         t = Table(title=escape(self.one_line(self.base)) or None, show_edge=False)
-        for c in ("JOB", "STATE", "TIME", "DETAIL"):
-            t.add_column(c)
         with self.lock:
+            workers = any(r.get("worker") for r in self.rows.values())
+            for c in ("JOB", "STATE", "TIME") + (("WORKER",) if workers else ()) + ("DETAIL",):
+                t.add_column(c)
             for name, r in self.rows.items():
                 elapsed = "" if r["since"] is None or r["state"] not in ("running", "retrying") else \
                     f"{time.monotonic() - r['since']:.0f} s"
                 style = STYLE.get(r["state"], "")
-                t.add_row(escape(name), f"[{style}]{r['state']}[/]", elapsed, escape(r["detail"]))
+                cells = [escape(name), f"[{style}]{r['state']}[/]", elapsed]
+                if workers:
+                    cells.append(escape(self.one_line(r.get("worker") or "", 32)))
+                t.add_row(*cells, escape(r["detail"]))
         return t
 
 
@@ -126,9 +130,7 @@ def farm_run(ctx, job_file, parallel, junit_path, html_path, json_path, outdir, 
                 result = go()
         else:
             result = go()
-    except FarmError as exc:
-        if type(exc).__name__ != "BrokerError":
-            raise
+    except FarmError as exc:            # raised before any job ran: the farm could not run
         click.echo(f"error: {one_line(str(exc), 300)}", err=True)
         ctx.exit(2)
     c = result.counts()

@@ -495,6 +495,18 @@ def _retrying(fn: Callable, what: str, patience: float):
                           f"{exc}") from None
 
 
+def check_visibility(workers: list, jobs: list) -> None:
+    """Refuse a run whose longest job could outlive a worker's visibility timeout: Redis would
+    hand that job to a second worker while the first still runs it."""
+    longest = max(jobs, key=lambda j: j.timeout)
+    for w in workers:
+        vt = w.get("visibility_timeout") or 0
+        if vt and longest.timeout + 60 > vt:
+            raise FarmError(f"job {longest.name!r} may run {longest.timeout:g} s, too close to the visibility "
+                            f"timeout of worker {w['name']} ({vt:g} s): it would be started twice "
+                            "(start the workers with a larger --visibility-timeout)")
+
+
 def pack_uploads(r, spec: FarmSpec) -> list:
     """Each upload packed once into a content-addressed blob: ``[[digest, name, guest path], ...]``."""
     import redis
@@ -526,6 +538,7 @@ def run_distributed(farm, core, broker: str, outdir: str | os.PathLike = "farm-o
         if unknown:
             raise ConfigError(f"no job named {unknown[0]!r}", "only")
         jobs = [j for j in jobs if j.name in only]
+    check_visibility(list_workers(broker), jobs)
     emit = on_event or (lambda *_a: None)
     run_id = new_run_id()
     run_dir = Path(outdir).resolve() / run_id
