@@ -158,8 +158,12 @@ def cached_upload(r, cache: Path, digest: str, name: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.is_dir():
             tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
-            unpack(get_blob(r, digest), tmp)
-            tmp.rename(done)
+            try:
+                unpack(get_blob(r, digest), tmp)
+                tmp.rename(done)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     return done / name if name != "." else done
 
 
@@ -241,12 +245,19 @@ class _Worker:
 WORKER: Optional[_Worker] = None
 
 
+#: how long a worker keeps reconnecting to a broker that went away before giving a job up
+WORKER_PATIENCE = 300.0
+
+
 def _emit(r, run_id: str, event: dict) -> None:
     key = KEY + "events:" + run_id
-    pipe = r.pipeline()
-    pipe.rpush(key, json.dumps(event))
-    pipe.expire(key, BLOB_TTL)
-    pipe.execute()
+
+    def send() -> None:
+        pipe = r.pipeline()
+        pipe.rpush(key, json.dumps(event))
+        pipe.expire(key, BLOB_TTL)
+        pipe.execute()
+    _retrying(send, "sending a job's event", WORKER_PATIENCE)
 
 
 def _task(self, payload):
@@ -296,8 +307,8 @@ def _run_task(w: _Worker, run_id: str, index: int, spec: FarmSpec, job: JobSpec,
     from .base import prepare_base
     from .history import History, history_path
     from .job import Control, run_job
-    attempt = w.r.incr(f"{KEY}attempt:{run_id}:{index}")
-    w.r.expire(f"{KEY}attempt:{run_id}:{index}", BLOB_TTL)
+    attempt = _retrying(lambda: w.r.incr(f"{KEY}attempt:{run_id}:{index}"), "counting attempts", WORKER_PATIENCE)
+    _retrying(lambda: w.r.expire(f"{KEY}attempt:{run_id}:{index}", BLOB_TTL), "counting attempts", WORKER_PATIENCE)
 
     def emit(job_name: str, state: str, info: dict) -> None:
         _emit(w.r, run_id, {"job": job_name, "state": state, "info": info, "worker": w.name})
@@ -341,7 +352,8 @@ def _base_for(w: _Worker, key: str, spec: FarmSpec, uploads: list, history, prep
     with lk:
         if key not in w.bases:
             cache = Path(w.core.state_dir) / "farm-blobs"
-            up = tuple((str(cached_upload(w.r, cache, d, n)), remote) for d, n, remote in uploads)
+            up = tuple((str(_retrying(lambda: cached_upload(w.r, cache, d, n), "fetching the uploads",
+                                      WORKER_PATIENCE)), remote) for d, n, remote in uploads)
             full = FarmSpec(name=spec.name, base=BaseSpec(**{**spec.base.__dict__, "upload": up}), jobs=spec.jobs)
             w.bases[key] = prepare_base(w.core, history, full)
         return w.bases[key]
@@ -360,7 +372,8 @@ def _ship_outputs(w: _Worker, job_dir: Path, outcome: dict) -> None:
             f"artifacts were {len(data)} bytes, over the {BLOB_MAX}-byte blob cap: only the logs came back")
         outcome["artifacts"], outcome["junit_files"] = [], []
         data = pack(job_dir, ".")
-    outcome["output_blob"] = put_blob(w.r, data, what=f"the outputs of job {outcome['name']}")
+    outcome["output_blob"] = _retrying(lambda: put_blob(w.r, data, what=f"the outputs of job {outcome['name']}"),
+                                       "sending the outputs", WORKER_PATIENCE)
 
 
 # metrics: created on the worker only (prometheus_client is a dependency already)
@@ -555,12 +568,15 @@ def run_distributed(farm, core, broker: str, outdir: str | os.PathLike = "farm-o
         emit("", "base", {"message": "packing the base's uploads"})
         uploads = _retrying(lambda: pack_uploads(r, spec), "storing the uploads", patience)
         app = make_app(broker)
+        # a broker restarted without its data forgets the queued jobs: this marker tells the submitter
+        _retrying(lambda: r.set(KEY + "run:" + run_id, "1", ex=int(limit) + BLOB_TTL), "submitting", patience)
         for i, j in enumerate(jobs):
             payload = make_payload(spec, j, run_id, i, uploads)
             _retrying(lambda: app.send_task(TASK, args=[payload], queue=queue_for(j.tags)), "submitting", patience)
             emit(j.name, "queued", {})
         emit("", "base", {"message": f"{len(jobs)} job(s) submitted to {_safe_url(broker)}"})
         _collect(r, run_id, jobs, run_dir, history, emit, outcomes, patience, limit)
+        r.delete(KEY + "run:" + run_id)
         result.status = "passed" if all(o["status"] == "passed" for o in outcomes.values()) else "failed"
     except KeyboardInterrupt:
         result.status = "interrupted"
@@ -595,6 +611,9 @@ def _collect(r, run_id: str, jobs: list, run_dir: Path, history, emit, outcomes:
             alive = _retrying(lambda: any(True for _ in r.scan_iter(KEY + "worker:*", count=1000)),
                               "listing workers", patience)
             no_worker_since = None if alive else (no_worker_since or time.monotonic())
+            if not _retrying(lambda: r.exists(KEY + "run:" + run_id), "checking the run", patience):
+                raise BrokerError("the broker lost this run's queued jobs (restarted without persistence?); "
+                                  f"{len(jobs) - len(outcomes)} job(s) unfinished")
             if no_worker_since and time.monotonic() - no_worker_since > 120:
                 raise FarmError("no farm worker has been alive on the broker for 120 s "
                                 "(start one: vmsandbox farm worker --broker URL)")
