@@ -139,7 +139,8 @@ def test_six_jobs_spread_over_two_workers_with_outputs_back(farm):
         assert Path(j["logs"]["stdout"]).is_relative_to(rep["outdir"])
         art = Path(j["artifacts"][0]["local"]) / "result.txt"
         assert art.read_text() == f"{j['name']} ran on ready\n"
-    assert "ran on worker" in out and (d / "report.xml").read_text().count("<testcase") == 6
+    xml = (d / "report.xml").read_text()
+    assert "ran on worker" in out and xml.count("<testcase") == 6 and xml.count("ran on worker w") == 6
     time.sleep(1)                   # the last heartbeat (sent when a slot frees) has landed
     ws = {x["name"]: x for x in w.workers()}
     assert ws["wa"]["slots"] == 2 and ws["wa"]["busy"] == ws["wb"]["busy"] == 0

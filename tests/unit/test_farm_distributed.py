@@ -1,5 +1,7 @@
 """The distributed farm's pieces on a private redis-server (no guests): payload validation,
 queues of tags, blobs, the broker-down error. Real guests: tests/integration/test_farm_distributed.py."""
+from pathlib import Path
+
 import pytest
 
 from tests.redis_server import RedisServer
@@ -119,3 +121,23 @@ def test_a_job_longer_than_a_workers_visibility_timeout_is_refused():
     with pytest.raises(FarmError, match="job 'b' may run 3600 s.*worker w2 \\(3600 s\\)"):
         check_visibility([{"name": "w1", "visibility_timeout": 7200}, {"name": "w2", "visibility_timeout": 3600}],
                          jobs)
+
+
+def test_outputs_land_where_the_local_runner_puts_them(redis_url, tmp_path):
+    from vmsandbox.farm.distributed import _land, pack
+    wdir = tmp_path / "worker" / "run" / "unit"
+    (wdir / "artifacts" / "work").mkdir(parents=True)
+    (wdir / "stdout.log").write_text("out\n")
+    (wdir / "artifacts" / "work" / "r.xml").write_text("<testsuite/>")
+    r = check_broker(redis_url)
+    outcome = {"name": "unit", "status": "passed", "worker": "w1", "worker_dir": str(wdir),
+               "output_blob": put_blob(r, pack(wdir, ".")), "logs": {"stdout": str(wdir / "stdout.log")},
+               "artifacts": [{"path": "/work/", "local": str(wdir / "artifacts" / "work"), "bytes": 10}],
+               "junit_files": [str(wdir / "artifacts" / "work" / "r.xml")]}
+    dest = tmp_path / "sub" / "run" / "unit"
+    got = _land(r, outcome, dest)
+    assert got["logs"] == {"stdout": str(dest / "stdout.log")} and (dest / "stdout.log").read_text() == "out\n"
+    assert got["artifacts"][0]["local"] == str(dest / "artifacts" / "work")
+    assert Path(got["junit_files"][0]).read_text() == "<testsuite/>"
+    assert "output_blob" not in got and "worker_dir" not in got and got["worker"] == "w1"
+    assert got["stdout_tail"] == "" and got["attempts"] == []        # every key the reports read is there
