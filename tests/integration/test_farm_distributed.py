@@ -168,6 +168,18 @@ def test_malformed_task_is_rejected_not_run(farm):
     assert "malformed task" in ev["outcome"]["reason"] and "unknown keys: ['shell']" in ev["outcome"]["reason"]
     for e in w.envs.values():
         assert not [n for n in virsh_domains(e.prefix) if "evil" in n]
+    # a well-formed job in a pickled message is refused before any of our code sees it
+    from vmsandbox.farm import loads_farm
+    from vmsandbox.farm.distributed import make_payload
+    spec = loads_farm('name: dist\nbase: {box: tiny}\njobs: [{name: pickled, run: "true"}]\n')
+    run2 = "20261202-000000-0badf1"
+    app.send_task(TASK, args=[make_payload(spec, spec.jobs[0], run2, 0, [])], queue="farm", serializer="pickle")
+    deadline = time.monotonic() + 30
+    while not any("untrusted content" in (d / f"{n}.log").read_text() for n in ("wa", "wb")):
+        assert time.monotonic() < deadline, "no worker refused the pickled message"
+        time.sleep(0.5)
+    time.sleep(2)
+    assert r.llen(KEY + "events:" + run2) == 0 and not r.exists(f"{KEY}attempt:{run2}:0")
     time.sleep(1)
     assert sum(x.get("rejected", 0) for x in w.workers()) == 1
 
