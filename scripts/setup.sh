@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 APT_PACKAGES=(
+  redis-server                                    # the broker of distributed farm runs (tests start their own)
   qemu-system-x86 qemu-utils                      # the hypervisor (TCG or KVM) and qemu-img
   libvirt-daemon-system libvirt-clients           # libvirtd, virtlogd, virsh
   libvirt-dev pkg-config gcc python3-dev          # to build libvirt-python

@@ -137,7 +137,7 @@ def test_cli_names_the_bad_key_in_one_line_and_exits_2(farm_dir):
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [
         "error: jobs[1].rnu: unknown key 'rnu' (known: name, run, env, timeout, artifacts, artifacts_max, retries, "
-        "retry_on_failure, keep_failed, keep_failed_ttl, workdir) (farm.yaml line 12)"]
+        "retry_on_failure, keep_failed, keep_failed_ttl, workdir, tags) (farm.yaml line 12)"]
 
 
 def test_progress_rows_never_pass_guest_escapes_to_the_terminal():

@@ -43,24 +43,31 @@ class _Progress:
             if state == "running" and row["since"] is None:
                 row["since"] = time.monotonic()
             row["state"] = state
+            if info.get("worker"):
+                row["worker"] = info["worker"]
             if state in ("passed", "failed", "error"):
                 row["detail"] = f"{info.get('duration', 0):.1f} s" + (" flaky" if info.get("flaky") else "") + \
                     (f"  {self.one_line(info['reason'], 80)}" if info.get("reason") else "")
             elif state == "retrying":
                 row["detail"] = self.one_line(info.get("reason", ""), 80)
             if self.live is None and state != "queued":
-                click.echo(f"farm: {job}: {state} {row['detail']}".rstrip(), err=True)
+                on = f" on {self.one_line(row['worker'], 64)}" if row.get("worker") else ""
+                click.echo(f"farm: {job}: {state}{on} {row['detail']}".rstrip(), err=True)
 
     def render(self) -> Table:
         t = Table(title=escape(self.one_line(self.base)) or None, show_edge=False)
-        for c in ("JOB", "STATE", "TIME", "DETAIL"):
-            t.add_column(c)
         with self.lock:
+            workers = any(r.get("worker") for r in self.rows.values())
+            for c in ("JOB", "STATE", "TIME") + (("WORKER",) if workers else ()) + ("DETAIL",):
+                t.add_column(c)
             for name, r in self.rows.items():
                 elapsed = "" if r["since"] is None or r["state"] not in ("running", "retrying") else \
                     f"{time.monotonic() - r['since']:.0f} s"
                 style = STYLE.get(r["state"], "")
-                t.add_row(escape(name), f"[{style}]{r['state']}[/]", elapsed, escape(r["detail"]))
+                cells = [escape(name), f"[{style}]{r['state']}[/]", elapsed]
+                if workers:
+                    cells.append(escape(self.one_line(r.get("worker") or "", 32)))
+                t.add_row(*cells, escape(r["detail"]))
         return t
 
 
@@ -95,8 +102,9 @@ def farm():
               help="Artifacts and logs go to OUTDIR/<run>/<job>/.")
 @click.option("--rebuild-base", is_flag=True, help="Prepare the base again even when its inputs did not change.")
 @click.option("--only", multiple=True, help="Run only this job (repeatable).")
+@click.option("--broker", default=None, help="Run on the Celery workers of this Redis broker (redis://HOST:PORT/DB).")
 @click.pass_context
-def farm_run(ctx, job_file, parallel, junit_path, html_path, json_path, outdir, rebuild_base, only):
+def farm_run(ctx, job_file, parallel, junit_path, html_path, json_path, outdir, rebuild_base, only, broker):
     """Run every job of JOB_FILE; exit 0 all passed, 1 a job failed, 2 the farm could not run, 130 interrupted."""
     from ..farm import Farm
     from ..farm.text import one_line
@@ -105,13 +113,26 @@ def farm_run(ctx, job_file, parallel, junit_path, html_path, json_path, outdir, 
     progress = _Progress(live=sys.stderr.isatty())
     _interrupt_handlers()
     reports = {"junit": junit_path, "html": html_path, "json": json_path}
-    if progress.live is not None:
-        with progress.live:
-            result = farm_.run(core, parallel=parallel, outdir=outdir, rebuild_base=rebuild_base,
-                               only=list(only) or None, on_event=progress.event, reports=reports)
+    if broker:
+        from ..farm.distributed import run_distributed
+
+        def go():
+            return run_distributed(farm_, core, broker, outdir=outdir, only=list(only) or None,
+                                   on_event=progress.event, reports=reports)
     else:
-        result = farm_.run(core, parallel=parallel, outdir=outdir, rebuild_base=rebuild_base,
-                           only=list(only) or None, on_event=progress.event, reports=reports)
+        def go():
+            return farm_.run(core, parallel=parallel, outdir=outdir, rebuild_base=rebuild_base,
+                             only=list(only) or None, on_event=progress.event, reports=reports)
+    from ..farm.errors import FarmError
+    try:
+        if progress.live is not None:
+            with progress.live:
+                result = go()
+        else:
+            result = go()
+    except FarmError as exc:            # raised before any job ran: the farm could not run
+        click.echo(f"error: {one_line(str(exc), 300)}", err=True)
+        ctx.exit(2)
     c = result.counts()
     if result.base:
         click.echo("base reused" if result.base["reused"] else f"base built in {result.base['seconds']:.1f} s")
@@ -126,6 +147,9 @@ def farm_run(ctx, job_file, parallel, junit_path, html_path, json_path, outdir, 
             click.echo(f"  {j['name']}: note: {one_line(n, 160)}")
         if j.get("kept"):
             click.echo(f"  {j['name']}: debug its failed state: {j['kept']['command']}")
+        if j.get("worker"):
+            click.echo(f"  {j['name']}: ran on worker {one_line(j['worker'], 64)}"
+                       + (" (retried after worker loss)" if j.get("retried_after_worker_loss") else ""))
     for kind, path in result.reports.items():
         click.echo(f"{'json' if kind == 'json_run' else kind} report: {path}")
     ctx.exit(result.exit_code)
@@ -195,6 +219,41 @@ def farm_gc_cmd(ctx, dry_run, all_kept, json_out):
         click.echo(("would remove " if dry_run else "removed ") + line)
     if not done:
         click.echo("nothing to remove")
+
+
+@farm.command("worker")
+@click.option("--broker", required=True, help="The Redis broker (redis://HOST:PORT/DB).")
+@click.option("--slots", type=click.IntRange(1, 64), default=4, show_default=True, help="Jobs running at once.")
+@click.option("--tags", default="", help="Comma-separated tags; the worker takes jobs whose tags it all has.")
+@click.option("--name", default=None, help="Worker name (default: the host name).")
+@click.option("--visibility-timeout", type=click.IntRange(60, 7 * 86400), default=7200, show_default=True,
+              help="Seconds after which a dead worker's job runs again elsewhere; keep it above the longest "
+                   "base preparation plus job timeout.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.pass_context
+def farm_worker(ctx, broker, slots, tags, name, visibility_timeout, metrics_port):
+    """Serve farm jobs from BROKER on this libvirt host (Ctrl-C or SIGTERM: finish running jobs, stop)."""
+    import socket
+    from ..farm.distributed import run_worker
+    run_worker(get_core(ctx), broker, name or socket.gethostname().split(".")[0], slots,
+               [t.strip() for t in tags.split(",") if t.strip()], visibility_timeout, metrics_port,
+               say=lambda m: click.echo(m, err=True))
+
+
+@farm.command("workers")
+@click.option("--broker", required=True, help="The Redis broker (redis://HOST:PORT/DB).")
+@click.option("--json", "json_out", is_flag=True)
+def farm_workers(broker, json_out):
+    """The farm workers alive on BROKER: slots in use, tags, last heartbeat."""
+    from ..farm.distributed import list_workers
+    ws = list_workers(broker)
+    if json_out:
+        print_json(ws)
+        return
+    table(["WORKER", "SLOTS", "BUSY", "TAGS", "PASSED", "FAILED", "REJECTED", "HEARTBEAT"],
+          [[w["name"], w["slots"], w["busy"], ",".join(w.get("tags", [])), w.get("done", 0), w.get("failed", 0),
+            w.get("rejected", 0), f"{w['age']:.0f} s ago"] for w in ws])
 
 
 COMMANDS = [farm]

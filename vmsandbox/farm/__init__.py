@@ -4,7 +4,8 @@ Modules: ``spec`` (the job file's schema and matrix expansion), ``base`` (the ba
 reused while its inputs are unchanged), ``job`` (``run_job``: one job in one clone, JSON in and
 out), ``runner`` (``Farm``: the local thread-pool scheduler, interruption, ``FarmResult``),
 ``reports`` (JUnit, HTML, JSON), ``history`` (``farm.db``: runs, jobs, bases, kept states),
-``gc`` (expired kept states, clones of dead runs), ``text`` (escaping guest output).
+``gc`` (expired kept states, clones of dead runs), ``text`` (escaping guest output),
+``distributed`` (the same jobs on Celery workers over Redis; imported only with ``--broker``).
 """
 from .errors import FarmError
 from .job import Control, run_job

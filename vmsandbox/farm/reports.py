@@ -53,6 +53,8 @@ def _case(result, job: dict) -> TestCase:
     if job.get("flaky"):
         notes.append(f"flaky: passed after {sum(1 for a in job['attempts'] if a['status'] == 'failed')} failed run(s)")
     notes += [xml_text(n) for n in job.get("artifact_notes", [])]
+    if job.get("worker"):
+        notes.append(f"ran on worker {xml_text(job['worker'])}")
     if job.get("kept"):
         notes.append(f"failed state kept: {xml_text(job['kept']['command'])}")
     case.system_out = "\n".join(notes + ([out_tail] if out_tail else [])) or None
@@ -150,6 +152,8 @@ def html_page(result, where: Path) -> str:
             details.append(f"<div>{_e(j['reason'])}</div>")
         for n in j.get("artifact_notes", []):
             details.append(f"<div>note: {_e(n)}</div>")
+        if j.get("worker"):
+            details.append(f"<div>ran on worker {_e(j['worker'])}</div>")
         if j.get("kept"):
             k = j["kept"]
             details.append(f"<div>failed state kept until {_e(time.strftime('%Y-%m-%d %H:%M', time.localtime(k['expires_at'])))}:"

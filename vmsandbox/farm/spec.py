@@ -21,18 +21,19 @@ from ..exceptions import ConfigError
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 FARM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
+TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 TOP_KEYS = ("name", "base", "defaults", "jobs", "matrix")
 BASE_KEYS = ("box", "setup", "upload", "provision")
 #: keys a job may set; ``defaults`` may set these and the machine's (cpu, memory, disk)
 JOB_KEYS = ("name", "run", "env", "timeout", "artifacts", "artifacts_max", "retries",
-            "retry_on_failure", "keep_failed", "keep_failed_ttl", "workdir")
+            "retry_on_failure", "keep_failed", "keep_failed_ttl", "workdir", "tags")
 MACHINE_KEYS = ("cpu", "memory", "disk", "network")
 DEFAULT_KEYS = tuple(k for k in JOB_KEYS if k not in ("name", "run")) + MACHINE_KEYS
 MATRIX_KEYS = JOB_KEYS + ("vars",)
 
 DEFAULTS: dict[str, Any] = {
-    "timeout": 600.0, "network": "none", "env": {}, "artifacts": [], "artifacts_max": 100 << 20,
+    "timeout": 600.0, "network": "none", "env": {}, "tags": [], "artifacts": [], "artifacts_max": 100 << 20,
     "retries": 2, "retry_on_failure": 0, "keep_failed": True, "keep_failed_ttl": 86400.0, "workdir": None,
     "cpu": "1", "memory": "256M", "disk": "1G",
 }
@@ -54,16 +55,19 @@ class JobSpec:
     keep_failed_ttl: float = 86400.0
     workdir: str | None = None
     line: int = 0                           # where the job (or its matrix entry) is in the job file
+    tags: tuple = ()                        # distributed runs: only workers with all these tags take it
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["artifacts"] = list(self.artifacts)
+        d["tags"] = list(self.tags)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "JobSpec":
         d = dict(d)
         d["artifacts"] = tuple(d.get("artifacts", ()))
+        d["tags"] = tuple(d.get("tags", ()))
         return cls(**d)
 
 
@@ -227,6 +231,13 @@ def _job_fields(d: dict, path: str, lines: _Lines) -> dict:
                 if not isinstance(a, str) or not a.startswith("/") or "\n" in a or a.rstrip("/") == "":
                     raise lines.error(f"{p}[{i}]", f"{a!r} is not an absolute guest path (and not /)")
             out[key] = list(v)
+        elif key == "tags":
+            if isinstance(v, str) or not isinstance(v, list) or len(v) > 8:
+                raise lines.error(p, "must be a list of at most 8 tags")
+            for i, t in enumerate(v):
+                if not isinstance(t, str) or not TAG_RE.match(t):
+                    raise lines.error(f"{p}[{i}]", f"{t!r} is not a tag (1-32 of a-z 0-9 _ -)")
+            out[key] = sorted(set(v))
         elif key == "artifacts_max":
             try:
                 out[key] = parse_size(str(v))
@@ -258,7 +269,7 @@ def _make_job(name: str, fields: dict, defaults: dict, line: int) -> JobSpec:
                    artifacts=tuple(merged["artifacts"]), artifacts_max=merged["artifacts_max"],
                    retries=merged["retries"], retry_on_failure=merged["retry_on_failure"],
                    keep_failed=merged["keep_failed"], keep_failed_ttl=merged["keep_failed_ttl"],
-                   workdir=merged["workdir"], line=line)
+                   workdir=merged["workdir"], line=line, tags=tuple(merged["tags"]))
 
 
 def _expand_matrix(entry: dict, path: str, lines: _Lines) -> list[tuple[str, dict]]:
