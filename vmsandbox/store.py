@@ -27,7 +27,7 @@ from .models import Layer, SandboxInfo, SandboxState, Snapshot
 audit_log = logging.getLogger("vmsandbox.audit")
 
 #: the schema version this code writes (``PRAGMA user_version``); ``MIGRATIONS`` bring older ones here
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -131,8 +131,16 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE snapshots RENAME COLUMN memory_path TO memory_ref")
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Version 2 records why a sandbox is throttled (``throttle_reason``). Databases that went
+    from version 0 straight to this code already have the column from the first step."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(sandboxes)")}
+    if "throttle_reason" not in columns:
+        db.execute("ALTER TABLE sandboxes ADD COLUMN throttle_reason TEXT NOT NULL DEFAULT ''")
+
+
 #: version -> the step that upgrades a database of that version by one
-MIGRATIONS = {0: _migrate_0_to_1}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
 
 _SANDBOX_COLS = tuple(f.name for f in dataclasses.fields(SandboxInfo))
 

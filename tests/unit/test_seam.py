@@ -45,6 +45,17 @@ def test_a_version_0_state_directory_is_upgraded_in_place(tmp_path):
     assert Store(tmp_path / "state.db").get_sandbox("old").state is SandboxState.STOPPED   # reopening is a no-op
 
 
+def test_a_version_1_database_gains_throttle_reason(tmp_path):
+    s = Store(tmp_path / "state.db")
+    db = s._db()
+    db.execute("ALTER TABLE sandboxes DROP COLUMN throttle_reason")      # what version 1 looked like
+    db.execute("PRAGMA user_version = 1")
+    s.close()
+    s = Store(tmp_path / "state.db")
+    assert "throttle_reason" in {r[1] for r in s._db().execute("PRAGMA table_info(sandboxes)")}
+    assert s._db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
 def test_a_newer_database_is_refused(tmp_path):
     Store(tmp_path / "state.db").close()
     db = sqlite3.connect(tmp_path / "state.db")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sqlite3
 
 import click
 
@@ -25,6 +26,9 @@ class VmsandboxGroup(click.Group):
         except SandboxError as exc:
             say(f"error: {exc}", err=True)
             ctx.exit(exit_code_for(exc))
+        except sqlite3.Error as exc:           # a state database this code cannot use: one line, no traceback
+            say(f"error: state database: {exc}; run `vmsandbox doctor`", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
