@@ -16,14 +16,13 @@ import os
 import time
 import uuid
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from .api_guard import guard_methods
 from .config import Config, load_config
-from .exceptions import (CommandTimeout, ConfigError, NotFoundError, ProviderError, ResourceLimitError, SandboxError,
-                         SecurityError, StateError)
+from .exceptions import CommandTimeout, ConfigError, ProviderError, SandboxError, SecurityError, StateError
 from .layers import LayerTree
 from .layout import Layout
 from .lifecycle import Lifecycle

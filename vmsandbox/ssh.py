@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import posixpath
 import random
 import re
 import select

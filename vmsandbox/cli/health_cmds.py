@@ -12,7 +12,6 @@ from typing import Iterable, Optional
 
 import click
 
-from ..exceptions import ConfigError
 from ._context import add_row, get_core, out, plain_rows, print_json, safe_table, table
 
 _COLUMNS = ["NAME", "STATE", "HEALTH", "CPU %", "MEMORY", "DISK", "NET RX/TX", "SSH", "UPTIME", "ALERTS"]
