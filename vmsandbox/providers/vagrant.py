@@ -567,13 +567,9 @@ class VagrantProvider(LibvirtProvider):
     def destroy_machine(self, name: str) -> None:
         """Stop and undefine through libvirt (as for libvirt: fast, and it leaves the layer files
         to the layer tree); the project forgets the machine if it was its current one."""
-        self._own(name)
-        try:
-            dom = self.conn().lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return
-            raise _map(exc, f"looking up {name}", self.uri) from exc
+        dom = self._find(name)
+        if dom is None:
+            return
         project, uuid = self._project_of(dom), dom.UUIDString()
         super().destroy_machine(name)
         if project is not None and self.machine_id(project) == uuid:

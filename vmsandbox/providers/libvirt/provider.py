@@ -201,14 +201,20 @@ class LibvirtProvider(Provider):
             raise _map(exc, f"booting {spec.name}", self.uri) from exc
         log.debug("started %s (%s)", spec.name, kind)
 
-    def destroy_machine(self, name: str) -> None:
+    def _find(self, name: str) -> "Optional[libvirt.virDomain]":
+        """Our domain ``name``, or None when there is none."""
         self._own(name)
         try:
-            dom = self.conn().lookupByName(name)
+            return self.conn().lookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return
+                return None
             raise _map(exc, f"looking up {name}", self.uri) from exc
+
+    def destroy_machine(self, name: str) -> None:
+        dom = self._find(name)
+        if dom is None:
+            return
         try:
             if dom.isActive():
                 dom.destroy()
