@@ -1,21 +1,24 @@
 """The checks at the boundary of the synchronous Python API (``SandboxCore``'s public methods).
 
-Owns two mistakes that otherwise fail late and obscurely:
+Owns two mistakes that otherwise fail late and obscurely, and one translation:
 - a synchronous method called from inside a running event loop (``await core.create_sandbox(...)``
   would create the VM, block the loop, and only then fail on the ``await``): refused before
   anything happens, with an error that names ``AsyncSandboxCore``;
 - a wrong argument, typically a coroutine passed where its value was meant (a raw
   ``sqlite3.ProgrammingError`` from deep inside), a missing argument, or a non-string id:
-  one ``ConfigError`` naming the parameter.
+  one ``ConfigError`` naming the parameter;
+- an SQLite error from the state database (``database is locked`` past the busy timeout, a full
+  disk) becomes one ``StateDatabaseError`` naming the method, never a raw ``sqlite3`` exception.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
 import inspect
+import sqlite3
 from typing import Any, Callable, Iterable, Mapping
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, StateDatabaseError
 
 #: parameters that are names, ids or command lines: strings, nothing else
 _STRINGS = {"sandbox_id", "sandbox", "snapshot_id", "name", "command"}
@@ -69,7 +72,11 @@ def _guarded(owner: str, method: str, fn: Callable[..., Any]) -> Callable[..., A
     @functools.wraps(fn)
     def call(self, *args: Any, **kwargs: Any) -> Any:
         check_call(owner, method, sig, args, kwargs)
-        return fn(self, *args, **kwargs)
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StateDatabaseError(f"{owner}.{method}(): state database: {exc}; retry, "
+                                     "or run `vmsandbox doctor`") from exc
     return call
 
 

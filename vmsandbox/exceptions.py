@@ -102,8 +102,13 @@ class StateCorruptionError(SandboxError):
     """The state database and the disks disagree beyond repair."""
 
 
+class StateDatabaseError(SandboxError):
+    """The state database could not be read or written (locked past its busy timeout, a full
+    disk, a damaged file); the message names the operation and SQLite's reason."""
+
+
 __all__ = [
     "SandboxError", "ConfigError", "NotFoundError", "StateError", "SecurityError",
     "ResourceLimitError", "ProviderError", "GuestUnreachableError", "CommandTimeout",
-    "RollbackError", "ProvisionError", "StateCorruptionError",
+    "RollbackError", "ProvisionError", "StateCorruptionError", "StateDatabaseError",
 ]

@@ -138,3 +138,15 @@ def test_state_manager_layers_config_like_sandbox_core(tmp_path, monkeypatch):
         assert sm.core.config.sandbox.box_path == load_config().sandbox.box_path != tmp_path / "fourth" / "boxes"
     finally:
         sm.close()
+
+
+def test_a_state_database_error_is_one_vmsandbox_error_naming_the_method(core):
+    import sqlite3
+    from vmsandbox.exceptions import StateDatabaseError
+    core.create_sandbox("db-1")
+    other = sqlite3.connect(core.store.path)       # another process damages the database
+    other.execute("DROP TABLE audit")
+    other.close()
+    with pytest.raises(StateDatabaseError, match=r"SandboxCore.audit_log\(\): state database: no such table: audit") as e:
+        core.audit_log()
+    assert isinstance(e.value.__cause__, sqlite3.OperationalError)
