@@ -132,7 +132,10 @@ def fake_core(state_dir, config: dict | None = None, sessions: dict | None = Non
     from .core import SandboxCore
     cfg = {"sandbox": {"state_directory": str(state_dir), "provider": "fake"}}
     for section, values in (config or {}).items():
-        cfg.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:                           # a list section (``pool``)
+            cfg[section] = values
     pool = FakeSessionPool(sessions)
     core = SandboxCore(config=cfg, boxes=FakeBoxStore(state_dir / "fakeboxes"), sessions=pool, start_watchdog=False)
     if machines is not None:
