@@ -321,3 +321,62 @@ def test_a_swap_killed_at_each_step_is_recovered(core, monkeypatch, point):
     held = {r[0] for r in core.store._db().execute("SELECT port FROM port_holds")}
     assert held == {s.ssh_port for s in core.store.list_standbys()}
     assert core.tree.verify() == []
+
+
+def test_cli_shows_standbys_and_pools_and_errors_are_one_line(core, tmp_path):
+    from click.testing import CliRunner
+    from vmsandbox.cli import cli
+    sid = core.create_sandbox("a")
+    core.create_snapshot(sid, "base")
+    core.create_snapshot(sid, "disk", memory=False)
+    core.set_pool("a:base", 1)
+    settle(core)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"sandbox: {{state_directory: {core.state_dir}, provider: fake}}\n"
+                   "safety: {validation: {enabled: false}}\nmonitoring: {enabled: false}\n")
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--config", str(cfg), *args])
+    r = run("list")
+    assert r.exit_code == 0 and "standbys: 1 pool" in r.output
+    r = run("show", "a")
+    assert r.exit_code == 0 and "standby" in r.output and "pool of base (ready)" in r.output
+    r = run("pool", "list")
+    assert r.exit_code == 0 and "a:base" in r.output and "256 MiB" in r.output
+    r = run("pool", "set", "a:disk", "1")
+    assert r.exit_code != 0 and r.output.count("\n") == 1 and "no memory state" in r.output
+    r = run("pool", "set", "a:nope", "1")
+    assert r.exit_code != 0 and r.output.count("\n") == 1 and "no snapshot" in r.output
+    r = run("pool", "set", "a:base", "-1")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_migration_3_to_4_adds_the_standby_tables(tmp_path):
+    import sqlite3
+    from vmsandbox.store import SCHEMA_VERSION, Store
+    s = Store(tmp_path / "state.db")
+    s.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("DROP TABLE standbys")
+    db.execute("DROP TABLE standby_targets")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    s = Store(tmp_path / "state.db")
+    assert s._db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert s.list_standbys() == [] and s.standby_targets() == []
+    s.set_standby_target("sn-1", "pool", 2)
+    assert s.standby_targets()[0]["size"] == 2
+
+
+def test_metrics_count_standbys_and_their_memory(core):
+    from types import SimpleNamespace
+    from vmsandbox.metrics import SandboxCollector
+    sid = core.create_sandbox("a")
+    snap = core.create_snapshot(sid, "base", standby=True)
+    settle(core)
+    watchdog = SimpleNamespace(core=core, snapshot=lambda: {})
+    fams = {f.name: f for f in SandboxCollector(watchdog).collect()}
+    [ready] = [s for s in fams["vmsandbox_standbys"].samples if s.labels["state"] == "ready"]
+    assert ready.labels == {"snapshot": snap, "kind": "rollback", "state": "ready"} and ready.value == 1
+    assert fams["vmsandbox_standby_memory_bytes"].samples[0].value == 256 << 20
