@@ -86,6 +86,8 @@ def main() -> int:
 
         core.snapshots.wait_background()
         pooled, plain = core.create_sandbox("pooled", cfg), core.create_sandbox("plain", cfg)
+        for sid in (pooled, plain):
+            core.execute(sid, "echo base > /root/f; sync")
         pool_snap = core.create_snapshot(pooled, "base", standby=False)
         plain_snap = core.create_snapshot(plain, "base", standby=False)
         core.set_pool(pool_snap, 1)

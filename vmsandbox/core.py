@@ -544,6 +544,7 @@ class SandboxCore:
         if self.watchdog is not None:
             self.watchdog.stop()
         self.snapshots.wait_background()
+        self.standbys.close()
         self.sessions.close()
         self.router.close()
         self.store.close()

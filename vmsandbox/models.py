@@ -179,3 +179,4 @@ class Standby(_Record):
     network_mode: str
     console_log: str
     created_at: float
+    host_key: str = ""              # its own pinned key (pool standbys get one before they pause)

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .config import Config, parse_size
 from .exceptions import ConfigError, NotFoundError, RollbackError, SandboxError, StateError
-from .hostkeys import rotate as rotate_host_key
+from .hostkeys import fingerprint, rotate as rotate_host_key, rotate_session
 from .layers import LayerTree
 from .layout import Layout, fault_point
 from .lifecycle import Lifecycle
 from .models import SandboxInfo, SandboxState, Snapshot, Standby
 from .perms import private_dir
-from .providers import Capability, Provider, ProviderCheck
+from .providers import Capability, Endpoint, Provider, ProviderCheck
 from .sessions import SessionPool
 from .store import Store
 
@@ -64,6 +64,7 @@ class StandbyManager:
         self.snapshots = snapshots
         self.directory = layout.state_dir / "standbys"        # standbys' console logs until taken over
         self._refill_lock = threading.Lock()
+        self._warm: dict[str, Any] = {}      # standby id -> its open session (made by this process)
 
     # -- targets ---------------------------------------------------------------------------
     def _require(self, origin: SandboxInfo, doing: str) -> Provider:
@@ -234,6 +235,7 @@ class StandbyManager:
             spec = self.lifecycle.spec(holder, name=domain, uuid=stb.uuid, ssh_port=stb.ssh_port, layer=ref,
                                        mac=mac, console_log=Path(stb.console_log))
             self.snapshots._start_from(row, spec)
+            host_key = self._warm_up(stb, origin)
             provider.pause_machine(domain)
             fault_point("standby:started")
             layer_id = self.layout.new_layer_id()
@@ -241,7 +243,7 @@ class StandbyManager:
                 if self.store.find_snapshot(row.id) is None or self.store.find_standby(sid) is None:
                     raise StateError(f"snapshot {row.name!r} or its standby was removed meanwhile")
                 self.store.add_layer(layer_id, ref, row.layer, origin.box, origin.id)
-                self.store.mark_standby_ready(sid, layer_id)
+                self.store.mark_standby_ready(sid, layer_id, host_key)
                 self.store.journal_end(op)
         except BaseException as exc:
             self._unmake(stb, ref)
@@ -251,6 +253,37 @@ class StandbyManager:
         self.store.audit("standby", "ready", origin, snapshot=row.id, kind=kind, standby=sid, domain=domain,
                          seconds=round(time.monotonic() - started, 3))
         return self.store.find_standby(sid)
+
+    def _warm_up(self, stb: Standby, origin: SandboxInfo) -> str:
+        """Before the standby pauses: open its command session (kept by this process for whoever
+        takes it, so that needs no new SSH handshake: ~0.4 s under TCG) and give a pool standby
+        its own host key (the clone it becomes must not share its origin's). Returns that key
+        ('' for a rollback standby, which keeps its sandbox's). The guest runs for this ~0.5 s
+        after the restore; the clock is set from the host when it is taken anyway."""
+        endpoint = self.sessions.endpoint(dataclasses.replace(origin, ssh_port=stb.ssh_port))
+        if not isinstance(endpoint, Endpoint) or not endpoint.host_key:
+            return ""
+        session = self.sessions.open(endpoint)
+        try:
+            session.wait_ready(float(self.config.sandbox.boot_timeout_seconds))
+            key = ""
+            if stb.kind == POOL and self.config.ssh.own_host_key:
+                key = rotate_session(session, timeout=max(30.0, self.config.ssh.connect_timeout))
+        except BaseException:
+            session.close()
+            raise
+        self._warm[stb.id] = session
+        return key
+
+    def _forget_session(self, standby_id: str) -> None:
+        session = self._warm.pop(standby_id, None)
+        if session is not None:
+            session.close()
+
+    def close(self) -> None:
+        """Close the sessions of standbys nobody took (the standbys stay)."""
+        for sid in list(self._warm):
+            self._forget_session(sid)
 
     def _over_cap(self, memory: int) -> str:
         """Why one more standby of ``memory`` bytes is over a cap ('' when it fits)."""
@@ -266,6 +299,7 @@ class StandbyManager:
 
     def _unmake(self, stb: Standby, ref: Optional[str]) -> None:
         """Remove a standby that never became ready (machine, overlay, port, record, log)."""
+        self._forget_session(stb.id)
         try:
             self.provider.destroy_machine(stb.domain)
         except SandboxError as exc:
@@ -293,6 +327,7 @@ class StandbyManager:
                          snapshot=stb.snapshot_id, reason=reason)
 
     def _destroy(self, stb: Standby) -> None:
+        self._forget_session(stb.id)
         self.provider.destroy_machine(stb.domain)
         if stb.layer:
             self.tree.drop_active(stb.layer)
@@ -349,9 +384,11 @@ class StandbyManager:
         fault_point("swap:committed")
         _move(stb.console_log, self.layout.console_log(info.id, gen))
         self.sessions.drop(info.id)
+        warm = self._warm.pop(stb.id, None)
+        if warm is not None:
+            self.sessions.adopt(op.info, warm)
         journal_id, op.journal_id = op.journal_id, None
         self.snapshots._retire(journal_id, info.domain, info.active_layer)
-        self.refill_later(row.id)
         op.detail.update(standby=stb.id)
         try:
             self.lifecycle.wait_ready(op.info, progress)
@@ -360,6 +397,8 @@ class StandbyManager:
             op.broken_reason = f"rollback: {exc}"
             raise RollbackError(f"{info.name!r} was rolled back to {row.name!r} (standby) but does not answer: "
                                 f"{exc}; destroy it or use emergency_shutdown") from exc
+        finally:       # the next standby's restore would compete for the CPU with the reconnection
+            self.refill_later(row.id)
         return True
 
     def clone(self, name: str, row: Snapshot, req: Any, progress: Optional[Callable[[str], None]]) -> Optional[str]:
@@ -379,7 +418,8 @@ class StandbyManager:
                 # the clone's record names the standby's machine, port, identity and layer, with
                 # the clone's journal entry: a crash from here on is a clone's to undo
                 info = self.lifecycle.reserve(name, origin.box, row.cpu, row.memory, origin.disk, req,
-                                              (op, "clone"), cloned_from=row.id, host_key=origin.host_key)
+                                              (op, "clone"), cloned_from=row.id,
+                                              host_key=candidate.host_key or origin.host_key)
                 info = self.store.update_sandbox(info.id, domain=candidate.domain, ssh_port=candidate.ssh_port,
                                                  uuid=candidate.uuid, mac=candidate.mac,
                                                  active_layer=candidate.layer)
@@ -397,9 +437,16 @@ class StandbyManager:
                     progress("resuming a standby of the pool")
                 self.provider.resume_machine(stb.domain)
                 _move(stb.console_log, self.layout.console_log(info.id, info.generation))
+                warm = self._warm.pop(stb.id, None)
+                if warm is not None:
+                    self.sessions.adopt(info, warm)
                 self.lifecycle.wait_ready(info, progress)
                 self.provider.after_restore(self.sessions.get(info), self.lifecycle.spec(info), clone=True)
-                rotate_host_key(self.config, self.sessions, self.store, info, progress)   # not its origin's key
+                if stb.host_key:      # given to the standby before it paused: its own, not its origin's
+                    self.store.audit("host_key", "rotated", info, fingerprint=fingerprint(stb.host_key),
+                                     standby=stb.id)
+                else:
+                    rotate_host_key(self.config, self.sessions, self.store, info, progress)
                 with self.store.transaction(immediate=True):
                     self.store.update_sandbox(info.id, state=SandboxState.RUNNING)
                     self.store.journal_end(op)

@@ -123,7 +123,8 @@ CREATE TABLE IF NOT EXISTS standbys (
     memory_bytes INTEGER NOT NULL,
     network_mode TEXT NOT NULL,
     console_log TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    host_key TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS standby_targets (
     snapshot_id TEXT NOT NULL,
@@ -314,10 +315,10 @@ class StandbyStore:
         q = "SELECT * FROM standbys" + (" WHERE " + " AND ".join(f"{k}=?" for k in where) if where else "")
         return [Standby(**dict(r)) for r in self._db().execute(q + " ORDER BY created_at", tuple(where.values()))]
 
-    def mark_standby_ready(self, id: str, layer: str) -> bool:
+    def mark_standby_ready(self, id: str, layer: str, host_key: str = "") -> bool:
         with self.transaction() as db:
-            return db.execute("UPDATE standbys SET state='ready', layer=? WHERE id=? AND state='starting'",
-                              (layer, id)).rowcount == 1
+            return db.execute("UPDATE standbys SET state='ready', layer=?, host_key=? WHERE id=? AND state='starting'",
+                              (layer, host_key, id)).rowcount == 1
 
     def remove_standby(self, id: str, state: str | None = None) -> bool:
         """Delete a standby's record (only in ``state`` if given); False when it was not there:

@@ -4,6 +4,7 @@ from a table), ``FakeBoxStore``, and ``fake_core`` that wires them into a real `
 through its constructor. For fast unit tests only; integration tests use the real providers."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from .providers.fake import FakeProvider
@@ -114,6 +115,13 @@ class FakeSessionPool:
 
     def wait_ready(self, info, console_log=None, progress=None) -> float:
         return self.get(info).wait_ready(0, console_log, progress)
+
+    def open(self, endpoint) -> FakeSession:
+        return self.factory(SimpleNamespace(ssh_port=endpoint.port))
+
+    def adopt(self, info, session) -> None:
+        session.port = info.ssh_port
+        self.sessions[info.id] = session
 
     def drop(self, sandbox_id: str) -> None:
         s = self.sessions.get(sandbox_id)

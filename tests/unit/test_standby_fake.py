@@ -120,7 +120,8 @@ def test_pool_clone_takes_a_standby_and_refills(core):
     taken = next(s for s in ready if s.domain == clone.domain)
     assert (clone.ssh_port, clone.mac, clone.active_layer) == (taken.ssh_port, taken.mac, taken.layer)
     assert core.fake_sessions[cid].commands[0] == "fix-up clone c1"
-    assert core.fake_sessions[cid].scripts, "its own host key"
+    assert clone.host_key == taken.host_key and taken.host_key != core.get(sid).host_key     # its own key
+    assert core.fake_sessions[cid].scripts, "rotated in the guest before the standby paused"
     assert core.audit_log("c1")[-1]["detail"]["pool"] is True
     settle(core)
     assert len(core.store.list_standbys(kind="pool", state="ready")) == 2           # refilled
