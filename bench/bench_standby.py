@@ -73,12 +73,14 @@ def main() -> int:
             assert r.stdout.strip() == "base", r
             return took
 
-        swaps_before = len([a for a in core.audit_log("warm", 1000) if a["detail"].get("standby")])
+        def swapped() -> int:
+            return len([a for a in core.audit_log("warm", 1000)
+                        if a["operation"] == "rollback" and a["detail"].get("standby")])
+        swaps_before = swapped()
         sides = Sides(runs=args.runs)
         sides.add("with standby", lambda: rollback(warm)).add("restore (no standby)", lambda: rollback(cold))
         s = sides.run()
-        swaps = len([a for a in core.audit_log("warm", 1000)
-                     if a["operation"] == "rollback" and a["detail"].get("standby")]) - swaps_before
+        swaps = swapped() - swaps_before
         out["rollback"] = report("rollback -> first command", s, "with standby", "restore (no standby)")
         print("\n| absolute | median | p95 | min-max | n |\n|---|---|---|---|---|")
         out["rollback_target"] = spread_row("rollback with a standby -> first command", s["with standby"], 0.4)
