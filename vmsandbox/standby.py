@@ -331,6 +331,7 @@ class StandbyManager:
         self.provider.destroy_machine(stb.domain)
         if stb.layer:
             self.tree.drop_active(stb.layer)
+            self.tree.collect()           # its snapshot's layer may be free now (the snapshot went first)
         self.store.release_port(stb.ssh_port)
         Path(stb.console_log).unlink(missing_ok=True)
 

@@ -381,3 +381,20 @@ def test_metrics_count_standbys_and_their_memory(core):
     [ready] = [s for s in fams["vmsandbox_standbys"].samples if s.labels["state"] == "ready"]
     assert ready.labels == {"snapshot": snap, "kind": "rollback", "state": "ready"} and ready.value == 1
     assert fams["vmsandbox_standby_memory_bytes"].samples[0].value == 256 << 20
+
+
+def test_retention_then_gc_frees_the_snapshot_layer_a_standby_held(core):
+    sid = core.create_sandbox("a")
+    snap = core.create_snapshot(sid, "s1", standby=True)
+    settle(core)
+    layer = core.store.get_snapshot(snap).layer
+    core.store.update_snapshot(snap, created_at=0.0)
+    assert core.cleanup_snapshots(1) == [snap]                   # retention: the standby still stands on it
+    assert core.store.find_layer(layer) is not None
+    core.gc()
+    assert core.store.list_standbys() == []
+    assert core.store.layer_users(layer) == {"children": [core.get(sid).active_layer], "snapshots": []}
+    assert core.tree.verify() == []
+    core.destroy(sid)
+    settle(core)
+    assert core.store.list_layers() == [] and files(core) == ([], [])
