@@ -90,6 +90,8 @@ History = number(whole=True, at_least=1, at_most=1_000_000, what="samples")
 LimitAction = choice("alert", "throttle", "pause", "rollback", "emergency_shutdown")
 StandbyMode = choice("off", "latest")
 StandbyCount = number(whole=True, at_least=0, at_most=256, what="standbys")
+SnapshotRef = text(pattern=r"[A-Za-z0-9][A-Za-z0-9._:-]{0,160}", hint="is not a snapshot (SANDBOX:NAME or an id)",
+                   empty=True)
 
 
 @section
@@ -251,7 +253,7 @@ class RollbackSection:
 class PoolEntry:
     """One ``pool`` entry: keep ``size`` warm standbys of ``snapshot`` (``SANDBOX:NAME`` or an id)
     for ``create_sandbox(name, {"clone_from": snapshot})``."""
-    snapshot: text(pattern=r"[A-Za-z0-9][A-Za-z0-9._:-]{0,160}", hint="is not a snapshot (SANDBOX:NAME or an id)") = ""
+    snapshot: SnapshotRef = ""
     size: StandbyCount = 1
 
     @model_validator(mode="after")

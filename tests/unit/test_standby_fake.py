@@ -398,3 +398,19 @@ def test_retention_then_gc_frees_the_snapshot_layer_a_standby_held(core):
     core.destroy(sid)
     settle(core)
     assert core.store.list_layers() == [] and files(core) == ([], [])
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"pool": [{"size": 2}]}, "pool[0].snapshot: is required"),
+    ({"pool": [{"snapshot": "a:b", "size": -1}]}, "pool[0].size: -1 must be at least 0"),
+    ({"pool": [{"snapshot": "a:b", "sise": 1}]}, "pool[0].sise: unknown key"),
+    ({"pool": {"snapshot": "a:b"}}, "pool: {'snapshot': 'a:b'} must be a list"),
+    ({"rollback": {"standby": "on"}}, "rollback.standby: 'on' is not one of off, latest"),
+    ({"rollback": {"standby_memory": "lots"}}, "rollback.standby_memory:"),
+    ({"rollback": {"standby_max": 1000}}, "rollback.standby_max: 1000 must be at most 256"),
+])
+def test_standby_config_errors_name_the_key(cfg, message):
+    from vmsandbox.config import load_config
+    with pytest.raises(ConfigError) as e:
+        load_config(None, cfg)
+    assert str(e.value).startswith(message), str(e.value)

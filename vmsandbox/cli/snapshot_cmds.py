@@ -128,7 +128,7 @@ def pool_set(ctx, snapshot_ref, size, json_out):
     if json_out:
         print_json({**out, "ready": ready, "seconds": round(time.monotonic() - t, 3)})
     else:
-        short = f" (short: see `vmsandbox audit` for why, e.g. rollback.standby_memory)" if ready < size else ""
+        short = " (short: see `vmsandbox audit` for why, e.g. rollback.standby_memory)" if ready < size else ""
         say(f"pool of {out['name']}: {ready} of {size} ready in {time.monotonic() - t:.1f} s{short}")
 
 
