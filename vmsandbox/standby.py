@@ -389,7 +389,6 @@ class StandbyManager:
         if warm is not None:
             self.sessions.adopt(op.info, warm)
         journal_id, op.journal_id = op.journal_id, None
-        self.snapshots._retire(journal_id, info.domain, info.active_layer)
         op.detail.update(standby=stb.id)
         try:
             self.lifecycle.wait_ready(op.info, progress)
@@ -398,7 +397,10 @@ class StandbyManager:
             op.broken_reason = f"rollback: {exc}"
             raise RollbackError(f"{info.name!r} was rolled back to {row.name!r} (standby) but does not answer: "
                                 f"{exc}; destroy it or use emergency_shutdown") from exc
-        finally:       # the next standby's restore would compete for the CPU with the reconnection
+        finally:
+            # Only now: tearing the old guest down and restoring the next standby would compete
+            # for the CPU with the guest taking over (on 2 loaded cores that doubled its latency).
+            self.snapshots._retire(journal_id, info.domain, info.active_layer)
             self.refill_later(row.id)
         return True
 
