@@ -121,8 +121,9 @@ class StandbyManager:
         row = self.store.find_snapshot(snap_id)
         if row is None:
             return
-        if not row.has_memory:
-            log.warning("snapshot %s has no memory state (the guest was not running): no standby", row.name)
+        if not row.has_memory:           # latest: only memory snapshots count (not automatic disk-only ones)
+            if standby:
+                log.warning("snapshot %s has no memory state (the guest was not running): no standby", row.name)
             return
         origin = self.store.get_sandbox(row.sandbox_id)
         if Capability.STANDBYS not in self._provider_caps(origin):
