@@ -88,6 +88,10 @@ Days = number(at_least=0, at_most=36500, what="days")
 Percent = number(above=0, at_most=100, what="percent")
 History = number(whole=True, at_least=1, at_most=1_000_000, what="samples")
 LimitAction = choice("alert", "throttle", "pause", "rollback", "emergency_shutdown")
+StandbyMode = choice("off", "latest")
+StandbyCount = number(whole=True, at_least=0, at_most=256, what="standbys")
+SnapshotRef = text(pattern=r"[A-Za-z0-9][A-Za-z0-9._:-]{0,160}", hint="is not a snapshot (SANDBOX:NAME or an id)",
+                   empty=True)
 
 
 @section
@@ -240,6 +244,23 @@ class RollbackSection:
     compression: Flag = False                    # store memory states compressed
     memory: Flag = True                          # snapshots of running guests carry memory
     guest_sync: Flag = True                      # flush the guest's page cache before a disk-only snapshot
+    standby: StandbyMode = "off"                 # latest: keep a warm standby of each sandbox's newest memory snapshot
+    standby_memory: Size = "1G"                  # cap: guest memory all warm standbys together may hold
+    standby_max: StandbyCount = 4                # cap: number of warm standbys
+
+
+@section
+class PoolEntry:
+    """One ``pool`` entry: keep ``size`` warm standbys of ``snapshot`` (``SANDBOX:NAME`` or an id)
+    for ``create_sandbox(name, {"clone_from": snapshot})``."""
+    snapshot: SnapshotRef = ""
+    size: StandbyCount = 1
+
+    @model_validator(mode="after")
+    def _named(self) -> "PoolEntry":
+        if not self.snapshot:
+            fail_at("snapshot", "is required (SANDBOX:NAME or a snapshot id)")
+        return self
 
 
 @section
@@ -289,6 +310,7 @@ class Config:
     rollback: RollbackSection = field(default_factory=RollbackSection)
     monitoring: MonitoringSection = field(default_factory=MonitoringSection)
     providers: Annotated[Any, BeforeValidator(_providers)] = field(default_factory=FrozenMap)
+    pool: items(PoolEntry) = ()                  # warm pools: [{snapshot: SANDBOX:NAME, size: N}]
 
     def provider_settings(self, name: str) -> ProviderSettings:
         """The validated ``providers.<name>`` section, or that provider's defaults."""

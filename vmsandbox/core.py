@@ -35,6 +35,7 @@ from .schema import Seconds, validate
 from .providers.router import BoxSources, ProviderRouter, scheme
 from .sessions import SessionPool
 from .snapshots import SnapshotManager
+from .standby import StandbyManager
 from .store import Store, default_db_path
 
 log = logging.getLogger("vmsandbox")
@@ -79,6 +80,9 @@ class SandboxCore:
                                          self.ops, self.tree, self.lifecycle)
         self.maintenance = Maintenance(self.config, self.store, self.layout, self.router, self.tree,
                                        self.lifecycle, self.snapshots, lambda: sources)
+        self.standbys = StandbyManager(self.config, self.store, self.router, self.sessions, self.layout,
+                                       self.lifecycle, self.tree, self.snapshots)
+        self.snapshots.standbys = self.maintenance.standbys = self.standbys
         self.maintenance.recover()
         self.watchdog = None
         if self.config.monitoring.enabled and start_watchdog:
@@ -155,17 +159,26 @@ class SandboxCore:
         if req.clone_from:        # a clone lives where its snapshot does
             origin = self.store.get_sandbox(self.snapshots.resolve(req.clone_from).sandbox_id)
             with self._on(origin.id):
-                return self.snapshots.clone(name, req.clone_from, req, progress)
+                return (self.standbys.clone(name, self.snapshots.resolve(req.clone_from), req, progress)
+                        or self.snapshots.clone(name, req.clone_from, req, progress))
         with self.router.using(req.provider):
             return self.lifecycle.create(name, req, progress)
 
     # -- snapshots -------------------------------------------------------------------------
     def create_snapshot(self, sandbox_id: str, name: str, memory: Optional[bool] = None,
-                        metadata: Mapping | None = None) -> str:
+                        metadata: Mapping | None = None, standby: Optional[bool] = None) -> str:
         """Freeze the sandbox's disk (and, by default for a running guest, its memory); returns the
-        snapshot id. The guest keeps running. Raises ConfigError (bad or duplicate name), StateError."""
+        snapshot id. The guest keeps running. ``standby=True`` keeps a warm standby of it, so a
+        rollback to it is a swap (None: as ``rollback.standby`` says). Raises ConfigError (bad or
+        duplicate name), StateError, SandboxError (the provider keeps no standbys)."""
+        if standby is not None and not isinstance(standby, bool):
+            raise ConfigError(f"{standby!r} must be true or false", "standby")
         with self._on(sandbox_id):
-            return self.snapshots.create(sandbox_id, name, memory, dict(metadata or {}))
+            if standby:
+                self.standbys.check_snapshot_standby(_ref(sandbox_id), memory)
+            snap_id = self.snapshots.create(sandbox_id, name, memory, dict(metadata or {}))
+            self.standbys.after_snapshot(snap_id, standby)
+            return snap_id
 
     def rollback(self, sandbox_id: str, snapshot_id: str, preserve_logs: bool = True,
                  progress: Optional[Progress] = None, notify: bool = True) -> bool:
@@ -181,11 +194,24 @@ class SandboxCore:
     def delete_snapshot(self, sandbox_id: str, snapshot_id: str) -> None:
         """Forget a snapshot; its layer is freed when nothing else stands on it."""
         with self._on(sandbox_id):
+            row = self.snapshots._own_snapshot(self.store.get_sandbox(_ref(sandbox_id)), snapshot_id)
+            self.standbys.drop_for_snapshot(row.id)
             self.snapshots.delete(sandbox_id, snapshot_id)
 
     def cleanup_snapshots(self, days: float) -> list[str]:
         """Delete snapshots older than ``days`` (0 keeps all); returns their ids."""
         return self.snapshots.cleanup_older_than(days)
+
+    # -- warm standbys ----------------------------------------------------------------------
+    def set_pool(self, snapshot: str, size: int) -> dict:
+        """Keep ``size`` paused standbys of memory snapshot ``snapshot`` (``SANDBOX:NAME`` or an id)
+        ready for ``create_sandbox(name, {"clone_from": snapshot})``; 0 removes the pool. Filled in
+        the background, within ``rollback.standby_max`` / ``standby_memory`` (ConfigError beyond)."""
+        return self.standbys.set_pool(snapshot, size)
+
+    def list_pools(self) -> list[dict]:
+        """Every standby target (pools and rollback standbys) with how many are ready."""
+        return self.standbys.pools()
 
     # -- ansible -----------------------------------------------------------------------------
     def provision(self, sandbox_id: str, playbook: str | os.PathLike, snapshot: Optional[str] = None,
@@ -474,6 +500,7 @@ class SandboxCore:
         """Stop the guest and remove its machine, disks, logs and record. Waits (bounded) for an
         operation in progress on it; with the provider's daemon down, changes nothing and says so."""
         with self._on(sandbox_id):
+            self.standbys.drop_for_sandbox(self.store.get_sandbox(_ref(sandbox_id)).id)
             return self.lifecycle.destroy(_ref(sandbox_id))
 
     def gc(self, dry_run: bool = False) -> list[str]:
@@ -517,6 +544,7 @@ class SandboxCore:
         if self.watchdog is not None:
             self.watchdog.stop()
         self.snapshots.wait_background()
+        self.standbys.close()
         self.sessions.close()
         self.router.close()
         self.store.close()
@@ -539,7 +567,7 @@ def _ref(sandbox: Any) -> str:
 PUBLIC_METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
                   "resume", "put_file", "get_file", "gc", "doctor", "audit_log", "throttle", "unthrottle",
                   "emergency_shutdown", "get_health_status", "create_snapshot", "rollback", "list_snapshots",
-                  "delete_snapshot", "cleanup_snapshots")
+                  "delete_snapshot", "cleanup_snapshots", "set_pool", "list_pools")
 
 # Refuse a synchronous call inside an event loop, and wrong arguments, before anything happens.
 guard_methods(SandboxCore, PUBLIC_METHODS)

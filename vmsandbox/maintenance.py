@@ -24,6 +24,8 @@ log = logging.getLogger("vmsandbox.maintenance")
 
 
 class Maintenance:
+    standbys = None          # the StandbyManager (standby.py), set by the core
+
     def __init__(self, config: Config, store: Store, layout: Layout, provider: Provider, tree: LayerTree,
                  lifecycle: Lifecycle, snapshots: SnapshotManager, boxes: Callable[[], Any]) -> None:
         self.config = config
@@ -67,6 +69,8 @@ class Maintenance:
             return self.tree.recover_delete_snapshot(entry)
         if op in ("snapshot", "rollback", "clone"):
             return self.snapshots.recover_entry(entry)
+        if op.startswith("standby") and self.standbys is not None:
+            return self.standbys.recover_entry(entry)
         self.store.journal_end(entry["id"])
         return f"unknown operation {op}: dropped"
 
@@ -90,7 +94,10 @@ class Maintenance:
                         self.lifecycle.destroy(info.id)
                     except StateError as exc:     # an operation holds it: next time
                         done[-1] += f": skipped, {exc}"
+        if self.standbys is not None:
+            done += self.standbys.gc(dry_run)
         known_domains = {i.domain for i in self.store.list_sandboxes()} | self.snapshots.retiring_domains()
+        known_domains |= self.standbys.domains() if self.standbys is not None else set()
         for dom in self.provider.list_machines(self.config.sandbox.domain_prefix, owner=str(self.layout.state_dir)):
             if dom not in known_domains:
                 done.append(f"machine {dom} (no record)")
@@ -140,6 +147,8 @@ class Maintenance:
                                     "" if free > 2 << 30 else "free some disk space"))
         checks.append(ProviderCheck("state directory", os.access(state_dir, os.W_OK), str(state_dir)))
         checks.append(ProviderCheck("state permissions", *permission_summary(state_dir, self.config.sandbox.box_path)))
+        if self.standbys is not None:
+            checks.append(self.standbys.check())
         problems = self.tree.verify()
         checks.append(ProviderCheck("layer tree", not problems,
                                     "; ".join(problems) or f"{len(self.store.list_layers())} layers consistent",

@@ -43,6 +43,7 @@ class SandboxCollector:
                 alerts.add_metric([h.sandbox, a.kind, a.level], 1.0)
         yield status
         yield alerts
+        yield from self._standbys()
         for families, cls in ((self.GAUGES, GaugeMetricFamily), (self.COUNTERS, CounterMetricFamily)):
             for name, doc, get in families:
                 fam = cls(name, doc, labels=["sandbox"])
@@ -51,6 +52,30 @@ class SandboxCollector:
                     if v is not None:
                         fam.add_metric([h.sandbox], float(v))
                 yield fam
+
+
+    def _standbys(self):
+        """Warm standbys per snapshot, kind and state, and the guest memory they hold (their cost)."""
+        from prometheus_client.core import GaugeMetricFamily
+        manager = getattr(getattr(self.watchdog, "core", None), "standbys", None)
+        if manager is None:
+            return
+        count = GaugeMetricFamily("vmsandbox_standbys", "Warm standbys (paused guests restored from a snapshot)",
+                                  labels=["snapshot", "kind", "state"])
+        memory = GaugeMetricFamily("vmsandbox_standby_memory_bytes", "Guest memory held by warm standbys",
+                                   labels=["snapshot", "kind"])
+        per: dict = {}
+        for s in manager.listing():
+            key = (s["snapshot_id"], s["kind"])
+            n = per.setdefault(key, {"ready": 0, "starting": 0, "memory": 0})
+            n[s["state"]] += 1
+            n["memory"] += s["memory_bytes"]
+        for (snap, kind), n in sorted(per.items()):
+            for state in ("ready", "starting"):
+                count.add_metric([snap, kind, state], float(n[state]))
+            memory.add_metric([snap, kind], float(n["memory"]))
+        yield count
+        yield memory
 
 
 def serve_metrics(watchdog, host: str = "127.0.0.1", port: int = 9464):

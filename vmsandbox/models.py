@@ -157,3 +157,26 @@ class Snapshot(_Record):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "has_memory": self.has_memory}
+
+
+@dataclass(frozen=True)
+class Standby(_Record):
+    """A warm standby (``standby.py``): a guest restored from snapshot ``snapshot_id``'s memory and
+    paused, on its own layer (``layer``, standing on the snapshot's), port and identity; a rollback
+    (``kind`` 'rollback', of sandbox ``sandbox_id``) or a clone (``kind`` 'pool') takes it over.
+    ``state``: 'starting' (being made; ``layer`` empty) or 'ready'."""
+    id: str
+    snapshot_id: str
+    kind: str
+    sandbox_id: str                 # the snapshot's sandbox
+    state: str
+    domain: str
+    uuid: str
+    mac: str
+    ssh_port: int
+    layer: str
+    memory_bytes: int               # guest memory it holds (what the caps count)
+    network_mode: str
+    console_log: str
+    created_at: float
+    host_key: str = ""              # its own pinned key (pool standbys get one before they pause)

@@ -58,6 +58,20 @@ class SessionPool:
         cb = (lambda waited: progress(f"waiting for SSH ({waited:.0f} s)")) if progress else None
         return self.get(info).wait_ready(self.boot_timeout, console_log=console_log, progress=cb)
 
+    def open(self, endpoint: Endpoint) -> Any:
+        """A new session to ``endpoint`` that the pool does not keep (a warm standby's, until
+        ``adopt``)."""
+        return self.provider.open_session(endpoint)
+
+    def adopt(self, info: SandboxInfo, session: Any) -> None:
+        """Use ``session``, already open to ``info``'s endpoint, for ``info`` from now on."""
+        endpoint = self.endpoint(info)
+        with self._lock:
+            old = self._sessions.pop(info.id, None)
+            self._sessions[info.id] = (endpoint, session)
+        if old is not None and old[1] is not session:
+            old[1].close()
+
     def close(self) -> None:
         with self._lock:
             sessions, self._sessions = [s for _, s in self._sessions.values()], {}

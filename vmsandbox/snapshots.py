@@ -47,6 +47,8 @@ class RollbackEvent:
 
 
 class SnapshotManager:
+    standbys = None          # the StandbyManager (standby.py), set by the core: rollback swaps to a ready standby
+
     def __init__(self, config: Config, store: Store, provider: Provider, sessions: SessionPool, layout: Layout,
                  ops: Operations, tree: LayerTree, lifecycle: Lifecycle) -> None:
         self.config = config
@@ -179,6 +181,8 @@ class SnapshotManager:
         return True
 
     def _rollback_locked(self, op, row: Snapshot, progress) -> None:
+        if self.standbys is not None and self.standbys.swap(op, row, progress):
+            return               # a ready standby of ``row`` took over
         info = op.info
         gen = info.generation + 1
         new_layer = self.layout.new_layer_id()

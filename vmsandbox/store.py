@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .exceptions import NotFoundError, SandboxError, StateCorruptionError
-from .models import Layer, SandboxInfo, SandboxState, Snapshot
+from .models import Layer, SandboxInfo, SandboxState, Snapshot, Standby
 
 audit_log = logging.getLogger("vmsandbox.audit")
 
 #: the schema version this code writes (``PRAGMA user_version``); ``MIGRATIONS`` bring older ones here
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -106,6 +106,37 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
+#: warm standbys (schema version 4; ``standby.py``): paused guests restored from a snapshot, and how
+#: many of each kind each snapshot should have (``size``; ``auto``: set by ``rollback.standby: latest``)
+STANDBY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS standbys (
+    id TEXT PRIMARY KEY,
+    snapshot_id TEXT NOT NULL,
+    kind TEXT NOT NULL,               -- rollback | pool
+    sandbox_id TEXT NOT NULL,
+    state TEXT NOT NULL,              -- starting | ready
+    domain TEXT NOT NULL UNIQUE,
+    uuid TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    ssh_port INTEGER NOT NULL,        -- held in port_holds under the standby's id until taken
+    layer TEXT NOT NULL DEFAULT '',
+    memory_bytes INTEGER NOT NULL,
+    network_mode TEXT NOT NULL,
+    console_log TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    host_key TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS standby_targets (
+    snapshot_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    auto INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (snapshot_id, kind)
+);
+"""
+SCHEMA += STANDBY_SCHEMA
+
 _V1_COLUMNS = (("provider", "TEXT NOT NULL DEFAULT 'libvirt'", "'libvirt'"),
                ("host", "TEXT NOT NULL DEFAULT ''", "''"),
                ("uuid", "TEXT NOT NULL DEFAULT ''", "json_extract(extra, '$.uuid')"),
@@ -139,8 +170,16 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE sandboxes ADD COLUMN throttle_reason TEXT NOT NULL DEFAULT ''")
 
 
+def _migrate_3_to_4(db: sqlite3.Connection) -> None:
+    """Version 4 keeps warm standbys and their targets (two new tables)."""
+    for stmt in _statements(STANDBY_SCHEMA):
+        db.execute(stmt)
+
+
 #: version -> the step that upgrades a database of that version by one
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 3: _migrate_3_to_4}
+# 2 -> 3 is the retention change's (another branch); alone, this branch has nothing to add at 3
+MIGRATIONS.setdefault(2, lambda db: None)
 
 _SANDBOX_COLS = tuple(f.name for f in dataclasses.fields(SandboxInfo))
 
@@ -256,6 +295,54 @@ class TreeStore:
                 for r in self._db().execute("SELECT * FROM journal ORDER BY started_at")]
 
 
+class StandbyStore:
+    """Mixin: warm standbys and their targets."""
+
+    def add_standby(self, s: Standby) -> None:
+        row = dataclasses.asdict(s)
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO standbys ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                       tuple(row.values()))
+
+    def find_standby(self, id: str) -> Optional[Standby]:
+        row = self._db().execute("SELECT * FROM standbys WHERE id=?", (id,)).fetchone()
+        return Standby(**dict(row)) if row else None
+
+    def list_standbys(self, snapshot_id: str | None = None, kind: str | None = None,
+                      sandbox_id: str | None = None, state: str | None = None) -> list[Standby]:
+        where = {k: v for k, v in (("snapshot_id", snapshot_id), ("kind", kind), ("sandbox_id", sandbox_id),
+                                   ("state", state)) if v is not None}
+        q = "SELECT * FROM standbys" + (" WHERE " + " AND ".join(f"{k}=?" for k in where) if where else "")
+        return [Standby(**dict(r)) for r in self._db().execute(q + " ORDER BY created_at", tuple(where.values()))]
+
+    def mark_standby_ready(self, id: str, layer: str, host_key: str = "") -> bool:
+        with self.transaction() as db:
+            return db.execute("UPDATE standbys SET state='ready', layer=?, host_key=? WHERE id=? AND state='starting'",
+                              (layer, host_key, id)).rowcount == 1
+
+    def remove_standby(self, id: str, state: str | None = None) -> bool:
+        """Delete a standby's record (only in ``state`` if given); False when it was not there:
+        someone else took or removed it. Taking a standby is deleting its record."""
+        with self.transaction() as db:
+            q, args = "DELETE FROM standbys WHERE id=?", [id]
+            if state:
+                q += " AND state=?"
+                args.append(state)
+            return db.execute(q, args).rowcount == 1
+
+    def set_standby_target(self, snapshot_id: str, kind: str, size: int, auto: bool = False) -> None:
+        with self.transaction() as db:
+            if size <= 0:
+                db.execute("DELETE FROM standby_targets WHERE snapshot_id=? AND kind=?", (snapshot_id, kind))
+            else:
+                db.execute("INSERT INTO standby_targets (snapshot_id, kind, size, auto, created_at) VALUES (?,?,?,?,?)"
+                           " ON CONFLICT(snapshot_id, kind) DO UPDATE SET size=excluded.size, auto=excluded.auto",
+                           (snapshot_id, kind, size, int(auto), time.time()))
+
+    def standby_targets(self) -> list[dict]:
+        return [dict(r) for r in self._db().execute("SELECT * FROM standby_targets ORDER BY created_at")]
+
+
 def _snapshot(row: sqlite3.Row) -> Snapshot:
     d = dict(row)
     d["metadata"] = json.loads(d["metadata"])
@@ -268,7 +355,7 @@ def _layer(row: sqlite3.Row) -> Layer:
     return Layer(**d)
 
 
-class Store(TreeStore):
+class Store(TreeStore, StandbyStore):
     """SQLite-backed records. ``path`` is the database file (created with its directory)."""
 
     def __init__(self, path: Path) -> None:

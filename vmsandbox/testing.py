@@ -4,6 +4,7 @@ from a table), ``FakeBoxStore``, and ``fake_core`` that wires them into a real `
 through its constructor. For fast unit tests only; integration tests use the real providers."""
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from .providers.fake import FakeProvider
@@ -115,6 +116,13 @@ class FakeSessionPool:
     def wait_ready(self, info, console_log=None, progress=None) -> float:
         return self.get(info).wait_ready(0, console_log, progress)
 
+    def open(self, endpoint) -> FakeSession:
+        return self.factory(SimpleNamespace(ssh_port=endpoint.port))
+
+    def adopt(self, info, session) -> None:
+        session.port = info.ssh_port
+        self.sessions[info.id] = session
+
     def drop(self, sandbox_id: str) -> None:
         s = self.sessions.get(sandbox_id)
         if s is not None:
@@ -132,7 +140,10 @@ def fake_core(state_dir, config: dict | None = None, sessions: dict | None = Non
     from .core import SandboxCore
     cfg = {"sandbox": {"state_directory": str(state_dir), "provider": "fake"}}
     for section, values in (config or {}).items():
-        cfg.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:                           # a list section (``pool``)
+            cfg[section] = values
     pool = FakeSessionPool(sessions)
     core = SandboxCore(config=cfg, boxes=FakeBoxStore(state_dir / "fakeboxes"), sessions=pool, start_watchdog=False)
     if machines is not None:

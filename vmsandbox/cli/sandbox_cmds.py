@@ -114,9 +114,11 @@ def list_cmd(ctx, json_out):
     if json_out:
         print_json([i.to_dict() for i in items])
         return
+    standbys = get_core(ctx).standbys.summary()
     table(["NAME", "ID", "STATE", "BOX", "CPU", "MEMORY", "DISK", "SSH", "CREATED", "NOTE"],
           [[i.name, i.id, i.state.value, i.box, i.cpu, i.memory, i.disk, f"127.0.0.1:{i.ssh_port}",
-            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"), _note(i)] for i in items])
+            datetime.fromtimestamp(i.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+            "; ".join(filter(None, [_note(i), standbys.get(i.id)]))] for i in items])
     from ..service import service_line
     click.echo(service_line(app(ctx).config), err=True)
 
@@ -136,14 +138,19 @@ def _note(info) -> str:
 @click.pass_context
 def show(ctx, name, json_out):
     """Show one sandbox."""
-    info = get_core(ctx).get(name)
+    core = get_core(ctx)
+    info = core.get(name)
+    standbys = [s for s in core.standbys.listing() if s["sandbox_id"] == info.id]
     if json_out:
-        print_json(info.to_dict())
+        print_json({**info.to_dict(), "standbys": standbys})
     else:
         for k, v in info.to_dict().items():
             say(f"{k:14} {v}")
         if _note(info):
             say(f"{'why':14} {_note(info)}")
+        for s in standbys:           # warm standbys of its snapshots: what they hold and where
+            say(f"{'standby':14} {s['id']} {s['kind']} of {s['snapshot']} ({s['state']}), {s['domain']}, "
+                f"127.0.0.1:{s['ssh_port']}, {s['memory_bytes'] >> 20} MiB")
 
 
 @command("exec", context_settings={"ignore_unknown_options": True})

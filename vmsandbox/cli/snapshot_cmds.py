@@ -1,4 +1,5 @@
-"""CLI commands for snapshots: snapshot create|list|delete, rollback, clone."""
+"""CLI commands for snapshots: snapshot create|list|delete, rollback, clone, and the warm pools
+of snapshots (pool set|list)."""
 from __future__ import annotations
 
 import time
@@ -19,14 +20,16 @@ def snapshot():
 @click.argument("snapshot_name")
 @click.option("--disk-only", is_flag=True, help="Do not save the guest's memory.")
 @click.option("--reason", default=None, help="Why (kept with the snapshot).")
+@click.option("--standby/--no-standby", default=None,
+              help="Keep a warm standby of it, so a rollback to it is a swap (default: rollback.standby).")
 @click.option("--json", "json_out", is_flag=True)
 @click.pass_context
-def snapshot_create(ctx, name, snapshot_name, disk_only, reason, json_out):
+def snapshot_create(ctx, name, snapshot_name, disk_only, reason, standby, json_out):
     """Snapshot sandbox NAME as SNAPSHOT_NAME; the guest keeps running."""
     core = get_core(ctx)
     t = time.monotonic()
     sid = core.create_snapshot(name, snapshot_name, memory=False if disk_only else None,
-                               metadata={"reason": reason} if reason else None)
+                               metadata={"reason": reason} if reason else None, standby=standby)
     took = time.monotonic() - t
     if json_out:
         print_json({"id": sid, "name": snapshot_name, "seconds": round(took, 3)})
@@ -102,4 +105,45 @@ def clone(ctx, snapshot_ref, new_name, network_mode, persistent, json_out):
                    f"ssh on 127.0.0.1:{info.ssh_port}")
 
 
-COMMANDS = [snapshot, rollback, clone]
+@click.group("pool")
+def pool():
+    """Warm pools: paused standbys of a memory snapshot that clones take instead of starting."""
+
+
+@pool.command("set")
+@click.argument("snapshot_ref")
+@click.argument("size", type=click.IntRange(min=0))
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def pool_set(ctx, snapshot_ref, size, json_out):
+    """Keep SIZE standbys of SNAPSHOT (SANDBOX:NAME or an id) ready; 0 removes the pool."""
+    core = get_core(ctx)
+    t = time.monotonic()
+    out = core.set_pool(snapshot_ref, size)
+    if not json_out:
+        say(f"pool of {out['name']}: {size} standby(s) wanted; filling..." if size else
+            f"pool of {out['name']}: removing its standbys...")
+    core.snapshots.wait_background()            # the standbys are made (or dropped) by this process
+    ready = next((p["ready"] for p in core.list_pools() if p["snapshot"] == out["snapshot"] and p["kind"] == "pool"), 0)
+    if json_out:
+        print_json({**out, "ready": ready, "seconds": round(time.monotonic() - t, 3)})
+    else:
+        short = " (short: see `vmsandbox audit` for why, e.g. rollback.standby_memory)" if ready < size else ""
+        say(f"pool of {out['name']}: {ready} of {size} ready in {time.monotonic() - t:.1f} s{short}")
+
+
+@pool.command("list")
+@click.option("--json", "json_out", is_flag=True)
+@click.pass_context
+def pool_list(ctx, json_out):
+    """Standby targets (pools, and rollback standbys) with how many are ready and their memory."""
+    pools = get_core(ctx).list_pools()
+    if json_out:
+        print_json(pools)
+        return
+    table(["SNAPSHOT", "ID", "KIND", "SIZE", "READY", "STARTING", "MEMORY"],
+          [[p["name"], p["snapshot"], p["kind"], p["size"], p["ready"], p["starting"],
+            f"{p['memory_bytes'] >> 20} MiB"] for p in pools])
+
+
+COMMANDS = [snapshot, rollback, clone, pool]

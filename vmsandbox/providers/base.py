@@ -38,6 +38,7 @@ class Capability:
     CPU_QUOTA = "cpu_quota"                  # throttle
     METRICS = "metrics"                      # host-side samples for the watchdog
     STOP_START = "stop_start"                # power off keeping the disk, boot again
+    STANDBYS = "standbys"                    # warm standbys: restore a memory state paused, resume it later
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ class FakeProvider(Provider):
 
     name = "fake"
     capabilities = frozenset({Capability.MEMORY_SNAPSHOTS, Capability.DISK_SNAPSHOTS, Capability.CLONES,
-                              Capability.PAUSE, Capability.CPU_QUOTA, Capability.METRICS, Capability.STOP_START})
+                              Capability.PAUSE, Capability.CPU_QUOTA, Capability.METRICS, Capability.STOP_START,
+                              Capability.STANDBYS})
 
     def __init__(self, config: Any = None, layout: Any = None) -> None:
         super().__init__(config, layout)

@@ -51,7 +51,7 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from ..exceptions import ConfigError, NotFoundError, ProviderError
-from .base import Endpoint, MachineSpec, ProviderCheck
+from .base import Capability, Endpoint, MachineSpec, ProviderCheck
 from .libvirt import savefile
 from .libvirt.domain_xml import QEMU_NS
 from .libvirt.provider import LibvirtProvider, LibvirtSettings, _map
@@ -116,6 +116,7 @@ class VagrantSettings(LibvirtSettings):
 
 class VagrantProvider(LibvirtProvider):
     name = "vagrant"
+    capabilities = LibvirtProvider.capabilities - {Capability.STANDBYS}     # its guests are reached by lease, not a port
     resolves_boxes = True       # "vagrant:NAME": a box of the store, else one Vagrant already has
     Settings = VagrantSettings
 

@@ -96,7 +96,8 @@ class LibvirtSettings(ProviderSettings):
 class LibvirtProvider(Provider):
     name = "libvirt"
     capabilities = frozenset({Capability.MEMORY_SNAPSHOTS, Capability.DISK_SNAPSHOTS, Capability.CLONES,
-                              Capability.PAUSE, Capability.CPU_QUOTA, Capability.METRICS, Capability.STOP_START})
+                              Capability.PAUSE, Capability.CPU_QUOTA, Capability.METRICS, Capability.STOP_START,
+                              Capability.STANDBYS})
 
     Settings = LibvirtSettings
 
