@@ -88,6 +88,20 @@ Days = number(at_least=0, at_most=36500, what="days")
 Percent = number(above=0, at_most=100, what="percent")
 History = number(whole=True, at_least=1, at_most=1_000_000, what="samples")
 LimitAction = choice("alert", "throttle", "pause", "rollback", "emergency_shutdown")
+Count = number(whole=True, at_least=0, at_most=1_000_000, what="snapshots")
+
+
+def _size_or_zero(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool) and v == 0 or v == "0":
+        return "0"
+    try:
+        size_bytes(v)
+    except ValueError as exc:
+        fail(f"{exc} (or 0 for no cap)")
+    return v.strip() if isinstance(v, str) else str(v)
+
+
+SizeCap = Annotated[str, BeforeValidator(_size_or_zero)]            # '2G', 1073741824, or 0: no cap
 
 
 @section
@@ -138,6 +152,7 @@ class SandboxSection:
     boot_timeout_seconds: WholeSeconds = 120
     port_range: Annotated[tuple[int, int], BeforeValidator(_port_range)] = (20000, 29999)
     default_limits: Limits = field(default_factory=Limits)
+    console_logs_keep: number(whole=True, at_least=1, at_most=10_000, what="logs") = 3   # per sandbox, newest
 
     @model_validator(mode="after")
     def _container_provider_exists(self) -> "SandboxSection":
@@ -240,6 +255,12 @@ class RollbackSection:
     compression: Flag = False                    # store memory states compressed
     memory: Flag = True                          # snapshots of running guests carry memory
     guest_sync: Flag = True                      # flush the guest's page cache before a disk-only snapshot
+    max_snapshots: Count = 0                     # per sandbox, oldest unpinned removed first; 0: no cap
+    max_memory_bytes: SizeCap = "0"              # per sandbox, sum of its memory states; 0: no cap
+
+    @property
+    def memory_cap(self) -> int:
+        return 0 if self.max_memory_bytes == "0" else parse_size(self.max_memory_bytes)
 
 
 @section

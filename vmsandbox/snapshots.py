@@ -29,6 +29,7 @@ from .lifecycle import Lifecycle
 from .models import SandboxInfo, SandboxState, Snapshot
 from .operations import Operations
 from .providers import Capability, Provider, SnapshotPlan
+from .retention import next_victim, rotate_console_logs
 from .sessions import SessionPool
 from .store import Store
 
@@ -123,6 +124,7 @@ class SnapshotManager:
         if with_memory and self.config.rollback.compression:
             self._background(lambda: self._compact(snap_id), f"compact-{snap_id}")
         self.cleanup_older_than(self.config.rollback.retention_days, info.id, keep=snap_id)
+        self.enforce_retention(info.id, keep=snap_id)
         return snap_id
 
     def _commit_snapshot(self, info: SandboxInfo, journal_id: str, snap_id: str, name: str, new_layer: str,
@@ -169,11 +171,7 @@ class SnapshotManager:
             row = self._own_snapshot(op.info, target.id)
             self._rollback_locked(op, row, progress)
             op.detail.update(snapshot=row.id, name=row.name, memory=row.has_memory)
-        if not preserve_logs:
-            current = self.layout.console_log(op.info.id, op.info.generation)
-            for old in self.layout.sandbox_dir(op.info.id).glob("console-*.log"):
-                if old != current:
-                    old.unlink(missing_ok=True)
+        self.rotate_console_logs(op.info, keep=None if preserve_logs else 1)
         if notify:
             self._notify(RollbackEvent(op.info.id, row.id, True, time.monotonic() - started))
         return True
@@ -320,6 +318,9 @@ class SnapshotManager:
     def delete(self, sandbox_ref: str, snapshot_ref: str) -> None:
         info = self.store.get_sandbox(sandbox_ref)
         row = self._own_snapshot(info, snapshot_ref)
+        if row.pinned:
+            raise StateError(f"snapshot {row.name!r} of {info.name!r} is pinned; "
+                             f"`vmsandbox snapshot unpin {info.name} {row.name}` first")
         with self.snapshot_lock(row.id, f"delete snapshot {row.name!r}", wait=0):
             self.tree.delete_snapshot_record(row)
         self.store.audit("delete_snapshot", "ok", info, snapshot=row.id, name=row.name)
@@ -331,7 +332,7 @@ class SnapshotManager:
         cutoff = time.time() - days * 86400
         removed = []
         for row in self.store.list_snapshots(sandbox_id):
-            if row.created_at < cutoff and row.id != keep:
+            if row.created_at < cutoff and row.id != keep and not row.pinned:
                 try:
                     with self.snapshot_lock(row.id, "retention", wait=0):
                         self.tree.delete_snapshot_record(row)
@@ -341,6 +342,44 @@ class SnapshotManager:
                 except StateError:
                     continue
         return removed
+
+    def enforce_retention(self, sandbox_id: str, keep: str | None = None) -> list[str]:
+        """Delete the sandbox's oldest unpinned snapshots while it is over ``rollback.max_snapshots``
+        or ``rollback.max_memory_bytes`` (``retention``), the safe way; never ``keep``, never one
+        whose memory state is in use (its lock is busy). Each removal is audited with its reason."""
+        cfg = self.config.rollback
+        if not cfg.max_snapshots and not cfg.memory_cap:
+            return []
+        spared, removed = {keep} - {None}, []
+        while True:
+            pick = next_victim(self.store.list_snapshots(sandbox_id), spared, cfg.max_snapshots, cfg.memory_cap,
+                               self.provider.memory_size)
+            if pick is None:
+                return removed
+            row, reason = pick
+            try:
+                with self.snapshot_lock(row.id, "retention", wait=0):
+                    self.tree.delete_snapshot_record(row)
+            except StateError:
+                spared.add(row.id)
+                continue
+            removed.append(row.id)
+            self.store.audit("delete_snapshot", "ok", self.store.find_sandbox(sandbox_id), sandbox_id=sandbox_id,
+                             snapshot=row.id, name=row.name, reason=reason)
+
+    def pin(self, sandbox_ref: str, snapshot_ref: str, pinned: bool = True) -> Snapshot:
+        """Pin (or unpin) a snapshot: a pinned one survives every retention rule and ``delete``."""
+        with self.ops.run(sandbox_ref, "pin_snapshot" if pinned else "unpin_snapshot", check=False) as op:
+            row = self._own_snapshot(op.info, snapshot_ref)
+            self.store.update_snapshot(row.id, pinned=pinned)
+            op.detail.update(snapshot=row.id, name=row.name)
+        return self.store.get_snapshot(row.id)
+
+    def rotate_console_logs(self, info: SandboxInfo, keep: int | None = None) -> None:
+        """Keep the newest ``keep`` (default ``sandbox.console_logs_keep``) console logs of the
+        sandbox, always its current guest's."""
+        keep = self.config.sandbox.console_logs_keep if keep is None else keep
+        rotate_console_logs(self.layout.sandbox_dir(info.id), self.layout.console_log(info.id, info.generation), keep)
 
     def list(self, sandbox_ref: str) -> list[Snapshot]:
         return self.store.list_snapshots(self.store.get_sandbox(sandbox_ref).id)

@@ -27,7 +27,7 @@ from .models import Layer, SandboxInfo, SandboxState, Snapshot
 audit_log = logging.getLogger("vmsandbox.audit")
 
 #: the schema version this code writes (``PRAGMA user_version``); ``MIGRATIONS`` bring older ones here
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandboxes (
@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     cpu TEXT NOT NULL, memory TEXT NOT NULL,
     created_at REAL NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
+    pinned INTEGER NOT NULL DEFAULT 0,   -- kept by every retention rule (age, count, size)
     UNIQUE(sandbox_id, name)
 );
 -- Extra SSH ports held by a sandbox while a second guest of it starts (rollback).
@@ -139,8 +140,15 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE sandboxes ADD COLUMN throttle_reason TEXT NOT NULL DEFAULT ''")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Version 3 lets a snapshot be pinned (``pinned``): retention never removes it. (A database
+    a test wound back to an older version may already have the column.)"""
+    if "pinned" not in {r[1] for r in db.execute("PRAGMA table_info(snapshots)")}:
+        db.execute("ALTER TABLE snapshots ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
+
+
 #: version -> the step that upgrades a database of that version by one
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 _SANDBOX_COLS = tuple(f.name for f in dataclasses.fields(SandboxInfo))
 
@@ -223,11 +231,13 @@ class TreeStore:
         return [_snapshot(r) for r in self._db().execute(q, (sandbox_id,) if sandbox_id else ())]
 
     def update_snapshot(self, id: str, **fields: Any) -> None:
-        bad = set(fields) - {"memory_ref", "metadata", "created_at"}
+        bad = set(fields) - {"memory_ref", "metadata", "created_at", "pinned"}
         if bad:
             raise ValueError(f"unknown snapshot fields {bad}")
         if "metadata" in fields:
             fields["metadata"] = json.dumps(fields["metadata"])
+        if "pinned" in fields:
+            fields["pinned"] = int(fields["pinned"])
         with self.transaction() as db:
             db.execute(f"UPDATE snapshots SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), id))
 
@@ -259,6 +269,7 @@ class TreeStore:
 def _snapshot(row: sqlite3.Row) -> Snapshot:
     d = dict(row)
     d["metadata"] = json.loads(d["metadata"])
+    d["pinned"] = bool(d["pinned"])
     return Snapshot(**d)
 
 
