@@ -16,6 +16,7 @@ from typing import Iterable
 from .layout import Layout, fault_point
 from .models import SandboxInfo, Snapshot
 from .providers import Provider
+from .spares import Spares
 from .store import Store
 
 log = logging.getLogger("vmsandbox.layers")
@@ -29,6 +30,7 @@ class LayerTree:
         self.store = store
         self.provider = provider
         self.layout = layout
+        self.spares = Spares(store, provider, layout)
 
     def collect(self) -> list[str]:
         """Delete frozen layers nothing stands on, repeatedly (a parent may become free)."""
@@ -83,6 +85,7 @@ class LayerTree:
 
     def forget_sandbox(self, info: SandboxInfo) -> None:
         """At destroy: drop the sandbox's snapshots and active layer; keep layers clones stand on."""
+        self.spares.discard(info.id)
         for snap in self.store.list_snapshots(info.id):
             self.delete_snapshot_record(snap)
         if info.active_layer:

@@ -18,6 +18,7 @@ from .lifecycle import Lifecycle
 from .models import SandboxState
 from .providers import Provider, ProviderCheck
 from .snapshots import SnapshotManager, owner_alive
+from .spares import SPARE
 from .store import Store
 
 log = logging.getLogger("vmsandbox.maintenance")
@@ -43,6 +44,10 @@ class Maintenance:
         done = []
         with self.layout.lock("recover", "recover"):
             for entry in self.store.journal_entries():
+                if entry["operation"] == SPARE:          # owned by its sandbox, not by a process
+                    line = self.tree.spares.recover(entry, owner_alive(entry["pid"]))
+                    done += [line] if line else []
+                    continue
                 if owner_alive(entry["pid"]):
                     continue
                 try:

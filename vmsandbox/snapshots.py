@@ -11,6 +11,7 @@ The provider makes and reads every artifact; this module only keeps their refere
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -97,18 +98,31 @@ class SnapshotManager:
             live = info.state in (SandboxState.RUNNING, SandboxState.PAUSED)
             want_memory = self.config.rollback.memory if memory is None else memory
             with_memory = bool(want_memory and live and Capability.MEMORY_SNAPSHOTS in self.provider.capabilities)
+            disk_live = live and not with_memory
+            # the flush runs while the snapshot is planned and journaled (it makes nothing)
+            flush = (self._start_guest_sync(info) if disk_live and info.state is SandboxState.RUNNING
+                     and self.config.rollback.guest_sync else None)
             snap_id = self.layout.new_snapshot_id()
             new_layer = self.layout.new_layer_id()
             old_layer = self.store.get_layer(info.active_layer)
+            spare = self.tree.spares.take(info.id, old_layer.id) if disk_live else None
             plan = self.provider.plan_snapshot(old_layer.ref, with_memory)
-            op.journal("snapshot", snapshot=snap_id, name=name, new_layer=new_layer, old_layer=old_layer.id,
-                       domain=info.domain, live=live, metadata=metadata or {}, **plan.to_dict())
+            if spare is not None:
+                plan = dataclasses.replace(plan, active_ref=spare.ref, reuse=True)
+            with self.store.transaction(immediate=True):        # the spare changes hands atomically
+                op.journal("snapshot", snapshot=snap_id, name=name, new_layer=new_layer, old_layer=old_layer.id,
+                           domain=info.domain, live=live, metadata=metadata or {}, **plan.to_dict())
+                if spare is not None:
+                    self.store.journal_end(spare.entry)
             fault_point("snapshot:begun")
             try:
                 if live:
-                    if not with_memory and info.state is SandboxState.RUNNING and self.config.rollback.guest_sync:
-                        self._guest_sync(info)
+                    if flush is not None:
+                        flush.join()
+                        op.detail.update(flush_ms=round(flush.seconds * 1000, 1))
+                    started = time.perf_counter()
                     self.provider.snapshot_machine(info.domain, plan)
+                    op.detail.update(switch_ms=round((time.perf_counter() - started) * 1000, 1), reused=plan.reuse)
                 else:
                     self.provider.snapshot_stopped(plan)
             except BaseException:
@@ -123,6 +137,10 @@ class SnapshotManager:
             op.detail.update(snapshot=snap_id, name=name, memory=with_memory)
         if with_memory and self.config.rollback.compression:
             self._background(lambda: self._compact(snap_id), f"compact-{snap_id}")
+        if disk_live:        # the next disk-only snapshot's overlay, off its hot path
+            self._background(lambda: self.tree.spares.make(info.id, new_layer, plan.active_ref), f"spare-{snap_id}")
+        else:                # the sandbox writes a new layer: a spare on the old one is stale
+            self.tree.spares.discard(info.id, keep_layer=new_layer)
         self.cleanup_older_than(self.config.rollback.retention_days, info.id, keep=snap_id)
         self.enforce_retention(info.id, keep=snap_id)
         return snap_id
@@ -136,6 +154,11 @@ class SnapshotManager:
             self.store.add_snapshot(snap_id, info.id, name, old_layer, memory_ref, info.cpu, info.memory, metadata)
             self.store.update_sandbox(info.id, active_layer=new_layer)
             self.store.journal_end(journal_id)
+
+    def _start_guest_sync(self, info: SandboxInfo) -> "_Timed":
+        t = _Timed(lambda: self._guest_sync(info), f"sync-{info.name}")
+        t.start()
+        return t
 
     def _guest_sync(self, info: SandboxInfo) -> None:
         """Flush the guest's page cache before a disk-only snapshot of a running guest (best effort)."""
@@ -170,6 +193,7 @@ class SnapshotManager:
         with self.ops.run(sandbox_ref, "rollback", error=RollbackError, on_failure=failed) as op:
             row = self._own_snapshot(op.info, target.id)
             self._rollback_locked(op, row, progress)
+            self.tree.spares.discard(op.info.id, keep_layer=op.info.active_layer)
             op.detail.update(snapshot=row.id, name=row.name, memory=row.has_memory)
         self.rotate_console_logs(op.info, keep=None if preserve_logs else 1)
         if notify:
@@ -427,6 +451,22 @@ class SnapshotManager:
             self.store.journal_end(e["id"])
             return f"clone {e['sandbox_id']}: undone"
         raise KeyError(op)
+
+
+class _Timed(threading.Thread):
+    """A step run beside others; ``seconds`` it took, once joined."""
+
+    def __init__(self, fn: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fn = fn
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.fn()
+        finally:
+            self.seconds = time.perf_counter() - started
 
 
 def owner_alive(pid: int) -> bool:
