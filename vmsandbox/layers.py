@@ -104,8 +104,11 @@ class LayerTree:
                 | {s.memory_ref for s in self.store.list_snapshots() if s.memory_ref} | self.in_flight())
 
     def strays(self) -> list[str]:
-        """Artifacts no record and no operation in flight refers to."""
-        return self.provider.stray_artifacts(self.known_refs())
+        """Artifacts no record and no operation in flight refers to. Asked twice: an operation
+        that journaled its artifact and made it between our reading of the references and the
+        provider's listing looks stray once, never twice (background spare overlays do this)."""
+        first = set(self.provider.stray_artifacts(self.known_refs()))
+        return [ref for ref in self.provider.stray_artifacts(self.known_refs()) if ref in first]
 
     def verify(self) -> list[str]:
         """Problems between the tree in the database and the provider's artifacts (empty: consistent).

@@ -93,15 +93,12 @@ class SnapshotManager:
             self.provider.require_capability(Capability.MEMORY_SNAPSHOTS, "take a snapshot with memory")
         with self.ops.run(sandbox_ref, "snapshot") as op:
             info = op.info
-            if any(s.name == name for s in self.store.list_snapshots(info.id)):
+            if self._name_taken(info.id, name):
                 raise ConfigError(f"sandbox {info.name!r} already has a snapshot named {name!r}", "name")
             live = info.state in (SandboxState.RUNNING, SandboxState.PAUSED)
             want_memory = self.config.rollback.memory if memory is None else memory
             with_memory = bool(want_memory and live and Capability.MEMORY_SNAPSHOTS in self.provider.capabilities)
             disk_live = live and not with_memory
-            # the flush runs while the snapshot is planned and journaled (it makes nothing)
-            flush = (self._start_guest_sync(info) if disk_live and info.state is SandboxState.RUNNING
-                     and self.config.rollback.guest_sync else None)
             snap_id = self.layout.new_snapshot_id()
             new_layer = self.layout.new_layer_id()
             old_layer = self.store.get_layer(info.active_layer)
@@ -117,9 +114,10 @@ class SnapshotManager:
             fault_point("snapshot:begun")
             try:
                 if live:
-                    if flush is not None:
-                        flush.join()
-                        op.detail.update(flush_ms=round(flush.seconds * 1000, 1))
+                    if disk_live and info.state is SandboxState.RUNNING and self.config.rollback.guest_sync:
+                        started = time.perf_counter()
+                        self._guest_sync(info)
+                        op.detail.update(flush_ms=round((time.perf_counter() - started) * 1000, 1))
                     started = time.perf_counter()
                     self.provider.snapshot_machine(info.domain, plan)
                     op.detail.update(switch_ms=round((time.perf_counter() - started) * 1000, 1), reused=plan.reuse)
@@ -138,12 +136,18 @@ class SnapshotManager:
         if with_memory and self.config.rollback.compression:
             self._background(lambda: self._compact(snap_id), f"compact-{snap_id}")
         if disk_live:        # the next disk-only snapshot's overlay, off its hot path
-            self._background(lambda: self.tree.spares.make(info.id, new_layer, plan.active_ref), f"spare-{snap_id}")
+            self.tree.spares.make_later(info.id, new_layer, plan.active_ref)
         else:                # the sandbox writes a new layer: a spare on the old one is stale
             self.tree.spares.discard(info.id, keep_layer=new_layer)
         self.cleanup_older_than(self.config.rollback.retention_days, info.id, keep=snap_id)
         self.enforce_retention(info.id, keep=snap_id)
         return snap_id
+
+    def _name_taken(self, sandbox_id: str, name: str) -> bool:
+        try:          # by name within the sandbox (one row, not the whole list)
+            return self.store.get_snapshot(name, sandbox_id).sandbox_id == sandbox_id
+        except NotFoundError:
+            return False
 
     def _commit_snapshot(self, info: SandboxInfo, journal_id: str, snap_id: str, name: str, new_layer: str,
                          old_layer: str, plan: SnapshotPlan, memory_ref: Optional[str], metadata: dict) -> None:
@@ -154,11 +158,6 @@ class SnapshotManager:
             self.store.add_snapshot(snap_id, info.id, name, old_layer, memory_ref, info.cpu, info.memory, metadata)
             self.store.update_sandbox(info.id, active_layer=new_layer)
             self.store.journal_end(journal_id)
-
-    def _start_guest_sync(self, info: SandboxInfo) -> "_Timed":
-        t = _Timed(lambda: self._guest_sync(info), f"sync-{info.name}")
-        t.start()
-        return t
 
     def _guest_sync(self, info: SandboxInfo) -> None:
         """Flush the guest's page cache before a disk-only snapshot of a running guest (best effort)."""
@@ -285,6 +284,7 @@ class SnapshotManager:
     def wait_background(self, timeout: float = 60) -> None:
         for t in list(self._background_threads):
             t.join(timeout)
+        self.tree.spares.wait(timeout)
 
     def retiring_domains(self) -> set[str]:
         """Machines that operations in flight are starting or retiring."""
@@ -451,22 +451,6 @@ class SnapshotManager:
             self.store.journal_end(e["id"])
             return f"clone {e['sandbox_id']}: undone"
         raise KeyError(op)
-
-
-class _Timed(threading.Thread):
-    """A step run beside others; ``seconds`` it took, once joined."""
-
-    def __init__(self, fn: Callable[[], None], name: str) -> None:
-        super().__init__(name=name, daemon=True)
-        self.fn = fn
-        self.seconds = 0.0
-
-    def run(self) -> None:
-        started = time.perf_counter()
-        try:
-            self.fn()
-        finally:
-            self.seconds = time.perf_counter() - started
 
 
 def owner_alive(pid: int) -> bool:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Optional
 
 from .exceptions import SandboxError, StateError
@@ -41,6 +43,33 @@ class Spares:
         self.store = store
         self.provider = provider
         self.layout = layout
+        self._pool: Optional[ThreadPoolExecutor] = None     # one long-lived worker: a thread start
+        self._pending: list[Future] = []                    # costs ~1.5 ms on this host
+        self._lock = threading.Lock()
+
+    def make_later(self, sandbox_id: str, layer_id: str, layer_ref: str) -> None:
+        """``make`` in the background (``wait`` waits for it)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spare-overlays")
+            self._pending = [f for f in self._pending if not f.done()]
+            self._pending.append(self._pool.submit(self._make_quietly, sandbox_id, layer_id, layer_ref))
+
+    def _make_quietly(self, sandbox_id: str, layer_id: str, layer_ref: str) -> None:
+        try:
+            self.make(sandbox_id, layer_id, layer_ref)
+        except Exception as exc:        # a spare is an optimisation: never an error for anyone
+            log.error("making a spare overlay for %s failed: %s", sandbox_id, exc)
+
+    def wait(self, timeout: float = 60) -> None:
+        """Wait for spares being made; an idle worker then ends (a core that closes leaves none)."""
+        with self._lock:
+            pending = list(self._pending)
+        wait(pending, timeout)
+        with self._lock:
+            if self._pool is not None and all(f.done() for f in self._pending):
+                self._pool.shutdown(wait=False)
+                self._pool, self._pending = None, []
 
     def _entries(self, sandbox_id: Optional[str] = None) -> list[dict]:
         return [j for j in self.store.journal_entries()
@@ -74,28 +103,36 @@ class Spares:
 
     def take(self, sandbox_id: str, layer_id: str) -> Optional[Spare]:
         """The sandbox's made spare on ``layer_id``, if any (caller holds the sandbox's lock and
-        ends ``entry`` when it journals the snapshot); stale spares of the sandbox are removed."""
+        ends ``entry`` when it journals the snapshot); stale spares of the sandbox are removed.
+        One still being made is left to its maker (it checks under this lock once its file is
+        there) or, if its maker died, to ``recover``: removing it here could race its creation."""
         found = None
         for j in self._entries(sandbox_id):
+            if j["step"] != "made":
+                continue
             if j["data"]["layer"] != layer_id:
                 self._drop(j["id"], _plan(j))
-            elif j["step"] == "made" and found is None:
+            elif found is None:
                 found = Spare(j["id"], j["data"]["ref"])
         return found
 
     def discard(self, sandbox_id: str, keep_layer: Optional[str] = None) -> None:
-        """Remove the sandbox's spares (but those on ``keep_layer``): at rollback and destroy."""
+        """Remove the sandbox's made spares (but those on ``keep_layer``): at rollback and destroy
+        (one being made is its maker's, see ``take``)."""
         for j in self._entries(sandbox_id):
-            if j["data"]["layer"] != keep_layer:
+            if j["step"] == "made" and j["data"]["layer"] != keep_layer:
                 self._drop(j["id"], _plan(j))
 
     def recover(self, entry: dict, owner_alive: bool) -> Optional[str]:
         """``recover()``'s part: remove a spare that is stale (its sandbox is gone or writes another
         layer) or was never finished by a process that died; keep a valid one."""
-        info = self.store.find_sandbox(entry["data"]["sandbox"])
-        stale = info is None or info.active_layer != entry["data"]["layer"]
-        if not stale and (entry["step"] == "made" or owner_alive):
-            return None
+        if entry["step"] != "made":
+            if owner_alive:               # its maker is still at it and checks for itself
+                return None
+        else:
+            info = self.store.find_sandbox(entry["data"]["sandbox"])
+            if info is not None and info.active_layer == entry["data"]["layer"]:
+                return None
         self._drop(entry["id"], _plan(entry))
         return f"spare overlay {entry['data']['ref']}: removed"
 

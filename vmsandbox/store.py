@@ -252,7 +252,9 @@ class TreeStore:
                        (id, operation, sandbox_id, "begun", json.dumps(data), os.getpid(), time.time()))
 
     def journal_step(self, id: str, step: str, **data: Any) -> None:
-        with self.transaction() as db:
+        # read-modify-write: IMMEDIATE, else a write committed by another thread between the
+        # read and the update fails this one at once ("database is locked", a stale WAL snapshot)
+        with self.transaction(immediate=True) as db:
             row = db.execute("SELECT data FROM journal WHERE id=?", (id,)).fetchone()
             merged = {**json.loads(row["data"]), **data} if row else data
             db.execute("UPDATE journal SET step=?, data=? WHERE id=?", (step, json.dumps(merged), id))
