@@ -83,7 +83,7 @@ def main() -> int:
                           "sync + libvirt call by hand")]
         print("\n| vmsandbox part | median | p95 | min-max | |\n|---|---|---|---|---|")
         rows = [spread_row("total (`create_snapshot`)", samples["vmsandbox"], target=0.050),
-                spread_row("guest flush (`sync` over SSH, beside planning/journaling)", parts["flush"]),
+                spread_row("guest flush (`sync` over SSH)", parts["flush"]),
                 spread_row("libvirt switch (`snapshot_machine`)", parts["switch"]),
                 spread_row("bookkeeping and waits (total - flush - switch)",
                            [t - f - s for t, f, s in zip(samples["vmsandbox"], parts["flush"], parts["switch"])])]

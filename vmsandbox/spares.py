@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import time
 from typing import Optional
 
 from .exceptions import SandboxError, StateError
@@ -30,6 +31,8 @@ log = logging.getLogger("vmsandbox.spares")
 
 #: journal operation of a spare overlay
 SPARE = "spare"
+#: seconds the background worker waits for more work before it ends
+IDLE = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,33 +46,44 @@ class Spares:
         self.store = store
         self.provider = provider
         self.layout = layout
-        self._pool: Optional[ThreadPoolExecutor] = None     # one long-lived worker: a thread start
-        self._pending: list[Future] = []                    # costs ~1.5 ms on this host
+        # one worker, kept while there is work (a thread start costs ~1.5 ms on this host: not
+        # on a snapshot's path); a daemon, so a process never waits for it at exit: a spare it
+        # leaves half-made is removed by ``recover``
+        self._queue: "queue.Queue[tuple[str, str, str]]" = queue.Queue()
+        self._worker: Optional[threading.Thread] = None
         self._lock = threading.Lock()
 
     def make_later(self, sandbox_id: str, layer_id: str, layer_ref: str) -> None:
         """``make`` in the background (``wait`` waits for it)."""
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spare-overlays")
-            self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(self._pool.submit(self._make_quietly, sandbox_id, layer_id, layer_ref))
+            self._queue.put((sandbox_id, layer_id, layer_ref))
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="spare-overlays", daemon=True)
+                self._worker.start()
 
-    def _make_quietly(self, sandbox_id: str, layer_id: str, layer_ref: str) -> None:
-        try:
-            self.make(sandbox_id, layer_id, layer_ref)
-        except Exception as exc:        # a spare is an optimisation: never an error for anyone
-            log.error("making a spare overlay for %s failed: %s", sandbox_id, exc)
+    def _work(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._worker = None
+                        return
+                continue
+            try:
+                self.make(*item)
+            except Exception as exc:        # a spare is an optimisation: never an error for anyone
+                log.error("making a spare overlay for %s failed: %s", item[0], exc)
+            finally:
+                self._queue.task_done()
 
     def wait(self, timeout: float = 60) -> None:
-        """Wait for spares being made; an idle worker then ends (a core that closes leaves none)."""
-        with self._lock:
-            pending = list(self._pending)
-        wait(pending, timeout)
-        with self._lock:
-            if self._pool is not None and all(f.done() for f in self._pending):
-                self._pool.shutdown(wait=False)
-                self._pool, self._pending = None, []
+        """Wait (at most ``timeout`` seconds) until every spare asked for is made or dropped."""
+        deadline = time.monotonic() + timeout
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks and time.monotonic() < deadline:
+                self._queue.all_tasks_done.wait(deadline - time.monotonic())
 
     def _entries(self, sandbox_id: Optional[str] = None) -> list[dict]:
         return [j for j in self.store.journal_entries()
