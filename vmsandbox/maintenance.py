@@ -108,6 +108,9 @@ class Maintenance:
         if not dry_run:
             removed = self.snapshots.cleanup_older_than(self.config.rollback.retention_days)
             done.extend(f"snapshot {s} (past rollback.retention_days)" for s in removed)
+            for info in self.store.list_sandboxes():       # caps lowered since the last snapshot
+                removed = self.snapshots.enforce_retention(info.id)
+                done.extend(f"snapshot {s} (over rollback.max_snapshots/max_memory_bytes)" for s in removed)
         known_ids = {i.id for i in self.store.list_sandboxes()}
         for d in sorted(self.layout.sandboxes.iterdir()):
             if d.name not in known_ids:

@@ -99,6 +99,18 @@ def test_a_snapshot_whose_memory_is_in_use_is_skipped(tmp_path):
     core.close()
 
 
+def test_gc_applies_caps_lowered_since_the_last_snapshot(tmp_path):
+    core = fake_core(tmp_path, NO_POLICY)
+    sid = core.create_sandbox("a", {"persistent": True})
+    for n in ("s1", "s2", "s3"):
+        core.create_snapshot(sid, n, memory=False)
+    core.close()
+    core = fake_core(tmp_path, {**NO_POLICY, "rollback": {"max_snapshots": 1}}, machines=core.provider.domains)
+    done = core.gc()
+    assert [line for line in done if "max_snapshots" in line] and names(core, sid) == ["s3"]
+    core.close()
+
+
 def test_caps_apply_per_sandbox(tmp_path):
     core = fake_core(tmp_path, {**NO_POLICY, "rollback": {"max_snapshots": 1}})
     a, b = core.create_sandbox("a"), core.create_sandbox("b")
