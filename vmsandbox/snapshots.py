@@ -192,7 +192,10 @@ class SnapshotManager:
         with self.ops.run(sandbox_ref, "rollback", error=RollbackError, on_failure=failed) as op:
             row = self._own_snapshot(op.info, target.id)
             self._rollback_locked(op, row, progress)
-            self.tree.spares.discard(op.info.id, keep_layer=op.info.active_layer)
+            # a sandbox that had a spare takes disk-only snapshots: make one for its new layer
+            if self.tree.spares.discard(op.info.id, keep_layer=op.info.active_layer):
+                self.tree.spares.make_later(op.info.id, op.info.active_layer,
+                                            self.store.get_layer(op.info.active_layer).ref)
             op.detail.update(snapshot=row.id, name=row.name, memory=row.has_memory)
         self.rotate_console_logs(op.info, keep=None if preserve_logs else 1)
         if notify:

@@ -130,12 +130,15 @@ class Spares:
                 found = Spare(j["id"], j["data"]["ref"])
         return found
 
-    def discard(self, sandbox_id: str, keep_layer: Optional[str] = None) -> None:
+    def discard(self, sandbox_id: str, keep_layer: Optional[str] = None) -> int:
         """Remove the sandbox's made spares (but those on ``keep_layer``): at rollback and destroy
-        (one being made is its maker's, see ``take``)."""
+        (one being made is its maker's, see ``take``). Returns how many went."""
+        gone = 0
         for j in self._entries(sandbox_id):
             if j["step"] == "made" and j["data"]["layer"] != keep_layer:
                 self._drop(j["id"], _plan(j))
+                gone += 1
+        return gone
 
     def recover(self, entry: dict, owner_alive: bool) -> Optional[str]:
         """``recover()``'s part: remove a spare that is stale (its sandbox is gone or writes another
