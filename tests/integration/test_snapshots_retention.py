@@ -40,6 +40,11 @@ def test_flushed_snapshot_on_a_spare_overlay_keeps_the_last_write(env, rcore):
     logs = sorted(p.name for p in rcore.layout.sandbox_dir(sid).glob("console-*.log"))
     assert logs == ["console-1.log", "console-2.log"]                  # console_logs_keep: 2
     assert rcore.console_log(rcore.get(sid)).name == "console-2.log"
+    rcore.snapshots.wait_background()                                  # a spare for the new layer
+    rcore.execute(sid, "echo after-rollback > /work/f")
+    rcore.create_snapshot(sid, "s3", memory=False)
+    assert snapshot_audit(rcore, "spare-1")["reused"] is True
+    assert_clean(env, rcore)
     rcore.destroy(sid)
     assert_clean(env, rcore)
 
