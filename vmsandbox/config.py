@@ -92,6 +92,21 @@ StandbyMode = choice("off", "latest")
 StandbyCount = number(whole=True, at_least=0, at_most=256, what="standbys")
 SnapshotRef = text(pattern=r"[A-Za-z0-9][A-Za-z0-9._:-]{0,160}", hint="is not a snapshot (SANDBOX:NAME or an id)",
                    empty=True)
+Count = number(whole=True, at_least=0, at_most=1_000_000, what="snapshots")
+LogCount = number(whole=True, at_least=1, at_most=10_000, what="logs")
+
+
+def _size_or_zero(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool) and v == 0 or v == "0":
+        return "0"
+    try:
+        size_bytes(v)
+    except ValueError as exc:
+        fail(f"{exc} (or 0 for no cap)")
+    return v.strip() if isinstance(v, str) else str(v)
+
+
+SizeCap = Annotated[str, BeforeValidator(_size_or_zero)]            # '2G', 1073741824, or 0: no cap
 
 
 @section
@@ -142,6 +157,7 @@ class SandboxSection:
     boot_timeout_seconds: WholeSeconds = 120
     port_range: Annotated[tuple[int, int], BeforeValidator(_port_range)] = (20000, 29999)
     default_limits: Limits = field(default_factory=Limits)
+    console_logs_keep: LogCount = 3              # console logs kept per sandbox, newest first
 
     @model_validator(mode="after")
     def _container_provider_exists(self) -> "SandboxSection":
@@ -247,6 +263,12 @@ class RollbackSection:
     standby: StandbyMode = "off"                 # latest: keep a warm standby of each sandbox's newest memory snapshot
     standby_memory: Size = "1G"                  # cap: guest memory all warm standbys together may hold
     standby_max: StandbyCount = 4                # cap: number of warm standbys
+    max_snapshots: Count = 0                     # per sandbox, oldest unpinned removed first; 0: no cap
+    max_memory_bytes: SizeCap = "0"              # per sandbox, sum of its memory states; 0: no cap
+
+    @property
+    def memory_cap(self) -> int:
+        return 0 if self.max_memory_bytes == "0" else parse_size(self.max_memory_bytes)
 
 
 @section

@@ -198,6 +198,14 @@ class SandboxCore:
             self.standbys.drop_for_snapshot(row.id)
             self.snapshots.delete(sandbox_id, snapshot_id)
 
+    def pin_snapshot(self, sandbox_id: str, snapshot_id: str, pinned: bool = True) -> Snapshot:
+        """Pin a snapshot (``pinned=False``: unpin it): pinned ones survive retention by age, count
+        and memory size, and ``delete_snapshot`` refuses them. Returns the updated record."""
+        if not isinstance(pinned, bool):
+            raise ConfigError(f"{pinned!r} must be true or false", "pinned")
+        with self._on(sandbox_id):
+            return self.snapshots.pin(sandbox_id, snapshot_id, pinned)
+
     def cleanup_snapshots(self, days: float) -> list[str]:
         """Delete snapshots older than ``days`` (0 keeps all); returns their ids."""
         return self.snapshots.cleanup_older_than(days)
@@ -448,7 +456,9 @@ class SandboxCore:
             self.router.start_machine(self.lifecycle.spec(info))
             self.sessions.drop(info.id)
             self.lifecycle.wait_ready(info, progress)
-        return self._power(sandbox_id, "start", SandboxState.RUNNING, act)
+        info = self._power(sandbox_id, "start", SandboxState.RUNNING, act)
+        self.snapshots.rotate_console_logs(info)
+        return info
 
     def pause(self, sandbox_id: str, reason: str = "") -> SandboxInfo:
         """Freeze the guest's vCPUs (memory kept)."""
@@ -567,7 +577,7 @@ def _ref(sandbox: Any) -> str:
 PUBLIC_METHODS = ("create_sandbox", "execute", "destroy", "list_sandboxes", "get", "start", "stop", "pause",
                   "resume", "put_file", "get_file", "gc", "doctor", "audit_log", "throttle", "unthrottle",
                   "emergency_shutdown", "get_health_status", "create_snapshot", "rollback", "list_snapshots",
-                  "delete_snapshot", "cleanup_snapshots", "set_pool", "list_pools")
+                  "delete_snapshot", "cleanup_snapshots", "set_pool", "list_pools", "pin_snapshot")
 
 # Refuse a synchronous call inside an event loop, and wrong arguments, before anything happens.
 guard_methods(SandboxCore, PUBLIC_METHODS)

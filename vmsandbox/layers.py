@@ -16,6 +16,7 @@ from typing import Iterable
 from .layout import Layout, fault_point
 from .models import SandboxInfo, Snapshot
 from .providers import Provider
+from .spares import Spares
 from .store import Store
 
 log = logging.getLogger("vmsandbox.layers")
@@ -29,6 +30,7 @@ class LayerTree:
         self.store = store
         self.provider = provider
         self.layout = layout
+        self.spares = Spares(store, provider, layout)
 
     def collect(self) -> list[str]:
         """Delete frozen layers nothing stands on, repeatedly (a parent may become free)."""
@@ -83,6 +85,7 @@ class LayerTree:
 
     def forget_sandbox(self, info: SandboxInfo) -> None:
         """At destroy: drop the sandbox's snapshots and active layer; keep layers clones stand on."""
+        self.spares.discard(info.id)
         for snap in self.store.list_snapshots(info.id):
             self.delete_snapshot_record(snap)
         if info.active_layer:
@@ -101,8 +104,11 @@ class LayerTree:
                 | {s.memory_ref for s in self.store.list_snapshots() if s.memory_ref} | self.in_flight())
 
     def strays(self) -> list[str]:
-        """Artifacts no record and no operation in flight refers to."""
-        return self.provider.stray_artifacts(self.known_refs())
+        """Artifacts no record and no operation in flight refers to. Asked twice: an operation
+        that journaled its artifact and made it between our reading of the references and the
+        provider's listing looks stray once, never twice (background spare overlays do this)."""
+        first = set(self.provider.stray_artifacts(self.known_refs()))
+        return [ref for ref in self.provider.stray_artifacts(self.known_refs()) if ref in first]
 
     def verify(self) -> list[str]:
         """Problems between the tree in the database and the provider's artifacts (empty: consistent).

@@ -18,6 +18,7 @@ from .lifecycle import Lifecycle
 from .models import SandboxState
 from .providers import Provider, ProviderCheck
 from .snapshots import SnapshotManager, owner_alive
+from .spares import SPARE
 from .store import Store
 
 log = logging.getLogger("vmsandbox.maintenance")
@@ -45,6 +46,10 @@ class Maintenance:
         done = []
         with self.layout.lock("recover", "recover"):
             for entry in self.store.journal_entries():
+                if entry["operation"] == SPARE:          # owned by its sandbox, not by a process
+                    line = self.tree.spares.recover(entry, owner_alive(entry["pid"]))
+                    done += [line] if line else []
+                    continue
                 if owner_alive(entry["pid"]):
                     continue
                 try:
@@ -110,6 +115,9 @@ class Maintenance:
         if not dry_run:
             removed = self.snapshots.cleanup_older_than(self.config.rollback.retention_days)
             done.extend(f"snapshot {s} (past rollback.retention_days)" for s in removed)
+            for info in self.store.list_sandboxes():       # caps lowered since the last snapshot
+                removed = self.snapshots.enforce_retention(info.id)
+                done.extend(f"snapshot {s} (over rollback.max_snapshots/max_memory_bytes)" for s in removed)
         known_ids = {i.id for i in self.store.list_sandboxes()}
         for d in sorted(self.layout.sandboxes.iterdir()):
             if d.name not in known_ids:

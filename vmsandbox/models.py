@@ -150,6 +150,7 @@ class Snapshot(_Record):
     memory: str
     created_at: float
     metadata: dict = field(default_factory=dict)
+    pinned: bool = False            # kept by every retention rule (age, count, memory size)
 
     @property
     def has_memory(self) -> bool:

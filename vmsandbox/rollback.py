@@ -29,6 +29,7 @@ class RollbackPoint:
     name: str
     created_at: float
     metadata: dict = field(default_factory=dict)
+    pinned: bool = False
 
 
 class RollbackManager:
@@ -53,7 +54,7 @@ class RollbackManager:
                              created_at=snap.created_at, metadata=snap.metadata)
 
     def list_points(self, sandbox_id: str) -> list[RollbackPoint]:
-        return [RollbackPoint(s.id, s.sandbox_id, s.name, s.created_at, s.metadata)
+        return [RollbackPoint(s.id, s.sandbox_id, s.name, s.created_at, s.metadata, s.pinned)
                 for s in self.core.list_snapshots(sandbox_id)]
 
     def rollback(self, sandbox_id: str, point_id: str, options: Optional[Mapping[str, Any]] = None) -> bool:
@@ -62,6 +63,10 @@ class RollbackManager:
         Raises RollbackError when the rollback fails."""
         opts = validate(RollbackOptions, options, "options")
         return self.core.rollback(sandbox_id, point_id, preserve_logs=opts.preserve_logs, notify=opts.notify)
+
+    def pin_point(self, sandbox_id: str, point_id: str, pinned: bool = True) -> None:
+        """Keep a point through every retention rule (``pinned=False`` lets it go again)."""
+        self.core.pin_snapshot(sandbox_id, point_id, pinned)
 
     def cleanup_old_points(self, days: Optional[float] = None) -> int:
         """Delete points older than ``days`` (default ``rollback.retention_days``) the safe way."""

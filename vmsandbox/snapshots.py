@@ -11,6 +11,7 @@ The provider makes and reads every artifact; this module only keeps their refere
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from .lifecycle import Lifecycle
 from .models import SandboxInfo, SandboxState, Snapshot
 from .operations import Operations
 from .providers import Capability, Provider, SnapshotPlan
+from .retention import next_victim, rotate_console_logs
 from .sessions import SessionPool
 from .store import Store
 
@@ -93,23 +95,34 @@ class SnapshotManager:
             self.provider.require_capability(Capability.MEMORY_SNAPSHOTS, "take a snapshot with memory")
         with self.ops.run(sandbox_ref, "snapshot") as op:
             info = op.info
-            if any(s.name == name for s in self.store.list_snapshots(info.id)):
+            if self._name_taken(info.id, name):
                 raise ConfigError(f"sandbox {info.name!r} already has a snapshot named {name!r}", "name")
             live = info.state in (SandboxState.RUNNING, SandboxState.PAUSED)
             want_memory = self.config.rollback.memory if memory is None else memory
             with_memory = bool(want_memory and live and Capability.MEMORY_SNAPSHOTS in self.provider.capabilities)
+            disk_live = live and not with_memory
             snap_id = self.layout.new_snapshot_id()
             new_layer = self.layout.new_layer_id()
             old_layer = self.store.get_layer(info.active_layer)
+            spare = self.tree.spares.take(info.id, old_layer.id) if disk_live else None
             plan = self.provider.plan_snapshot(old_layer.ref, with_memory)
-            op.journal("snapshot", snapshot=snap_id, name=name, new_layer=new_layer, old_layer=old_layer.id,
-                       domain=info.domain, live=live, metadata=metadata or {}, **plan.to_dict())
+            if spare is not None:
+                plan = dataclasses.replace(plan, active_ref=spare.ref, reuse=True)
+            with self.store.transaction(immediate=True):        # the spare changes hands atomically
+                op.journal("snapshot", snapshot=snap_id, name=name, new_layer=new_layer, old_layer=old_layer.id,
+                           domain=info.domain, live=live, metadata=metadata or {}, **plan.to_dict())
+                if spare is not None:
+                    self.store.journal_end(spare.entry)
             fault_point("snapshot:begun")
             try:
                 if live:
-                    if not with_memory and info.state is SandboxState.RUNNING and self.config.rollback.guest_sync:
+                    if disk_live and info.state is SandboxState.RUNNING and self.config.rollback.guest_sync:
+                        started = time.perf_counter()
                         self._guest_sync(info)
+                        op.detail.update(flush_ms=round((time.perf_counter() - started) * 1000, 1))
+                    started = time.perf_counter()
                     self.provider.snapshot_machine(info.domain, plan)
+                    op.detail.update(switch_ms=round((time.perf_counter() - started) * 1000, 1), reused=plan.reuse)
                 else:
                     self.provider.snapshot_stopped(plan)
             except BaseException:
@@ -124,8 +137,19 @@ class SnapshotManager:
             op.detail.update(snapshot=snap_id, name=name, memory=with_memory)
         if with_memory and self.config.rollback.compression:
             self._background(lambda: self._compact(snap_id), f"compact-{snap_id}")
+        if disk_live:        # the next disk-only snapshot's overlay, off its hot path
+            self.tree.spares.make_later(info.id, new_layer, plan.active_ref)
+        else:                # the sandbox writes a new layer: a spare on the old one is stale
+            self.tree.spares.discard(info.id, keep_layer=new_layer)
         self.cleanup_older_than(self.config.rollback.retention_days, info.id, keep=snap_id)
+        self.enforce_retention(info.id, keep=snap_id)
         return snap_id
+
+    def _name_taken(self, sandbox_id: str, name: str) -> bool:
+        try:          # by name within the sandbox (one row, not the whole list)
+            return self.store.get_snapshot(name, sandbox_id).sandbox_id == sandbox_id
+        except NotFoundError:
+            return False
 
     def _commit_snapshot(self, info: SandboxInfo, journal_id: str, snap_id: str, name: str, new_layer: str,
                          old_layer: str, plan: SnapshotPlan, memory_ref: Optional[str], metadata: dict) -> None:
@@ -170,12 +194,12 @@ class SnapshotManager:
         with self.ops.run(sandbox_ref, "rollback", error=RollbackError, on_failure=failed) as op:
             row = self._own_snapshot(op.info, target.id)
             self._rollback_locked(op, row, progress)
+            # a sandbox that had a spare takes disk-only snapshots: make one for its new layer
+            if self.tree.spares.discard(op.info.id, keep_layer=op.info.active_layer):
+                self.tree.spares.make_later(op.info.id, op.info.active_layer,
+                                            self.store.get_layer(op.info.active_layer).ref)
             op.detail.update(snapshot=row.id, name=row.name, memory=row.has_memory)
-        if not preserve_logs:
-            current = self.layout.console_log(op.info.id, op.info.generation)
-            for old in self.layout.sandbox_dir(op.info.id).glob("console-*.log"):
-                if old != current:
-                    old.unlink(missing_ok=True)
+        self.rotate_console_logs(op.info, keep=None if preserve_logs else 1)
         if notify:
             self._notify(RollbackEvent(op.info.id, row.id, True, time.monotonic() - started))
         return True
@@ -267,6 +291,7 @@ class SnapshotManager:
     def wait_background(self, timeout: float = 60) -> None:
         for t in list(self._background_threads):
             t.join(timeout)
+        self.tree.spares.wait(timeout)
 
     def retiring_domains(self) -> set[str]:
         """Machines that operations in flight are starting or retiring."""
@@ -324,6 +349,9 @@ class SnapshotManager:
     def delete(self, sandbox_ref: str, snapshot_ref: str) -> None:
         info = self.store.get_sandbox(sandbox_ref)
         row = self._own_snapshot(info, snapshot_ref)
+        if row.pinned:
+            raise StateError(f"snapshot {row.name!r} of {info.name!r} is pinned; "
+                             f"`vmsandbox snapshot unpin {info.name} {row.name}` first")
         with self.snapshot_lock(row.id, f"delete snapshot {row.name!r}", wait=0):
             self.tree.delete_snapshot_record(row)
         self.store.audit("delete_snapshot", "ok", info, snapshot=row.id, name=row.name)
@@ -335,7 +363,7 @@ class SnapshotManager:
         cutoff = time.time() - days * 86400
         removed = []
         for row in self.store.list_snapshots(sandbox_id):
-            if row.created_at < cutoff and row.id != keep:
+            if row.created_at < cutoff and row.id != keep and not row.pinned:
                 try:
                     with self.snapshot_lock(row.id, "retention", wait=0):
                         self.tree.delete_snapshot_record(row)
@@ -345,6 +373,44 @@ class SnapshotManager:
                 except StateError:
                     continue
         return removed
+
+    def enforce_retention(self, sandbox_id: str, keep: str | None = None) -> list[str]:
+        """Delete the sandbox's oldest unpinned snapshots while it is over ``rollback.max_snapshots``
+        or ``rollback.max_memory_bytes`` (``retention``), the safe way; never ``keep``, never one
+        whose memory state is in use (its lock is busy). Each removal is audited with its reason."""
+        cfg = self.config.rollback
+        if not cfg.max_snapshots and not cfg.memory_cap:
+            return []
+        spared, removed = {keep} - {None}, []
+        while True:
+            pick = next_victim(self.store.list_snapshots(sandbox_id), spared, cfg.max_snapshots, cfg.memory_cap,
+                               self.provider.memory_size)
+            if pick is None:
+                return removed
+            row, reason = pick
+            try:
+                with self.snapshot_lock(row.id, "retention", wait=0):
+                    self.tree.delete_snapshot_record(row)
+            except StateError:
+                spared.add(row.id)
+                continue
+            removed.append(row.id)
+            self.store.audit("delete_snapshot", "ok", self.store.find_sandbox(sandbox_id), sandbox_id=sandbox_id,
+                             snapshot=row.id, name=row.name, reason=reason)
+
+    def pin(self, sandbox_ref: str, snapshot_ref: str, pinned: bool = True) -> Snapshot:
+        """Pin (or unpin) a snapshot: a pinned one survives every retention rule and ``delete``."""
+        with self.ops.run(sandbox_ref, "pin_snapshot" if pinned else "unpin_snapshot", check=False) as op:
+            row = self._own_snapshot(op.info, snapshot_ref)
+            self.store.update_snapshot(row.id, pinned=pinned)
+            op.detail.update(snapshot=row.id, name=row.name)
+        return self.store.get_snapshot(row.id)
+
+    def rotate_console_logs(self, info: SandboxInfo, keep: int | None = None) -> None:
+        """Keep the newest ``keep`` (default ``sandbox.console_logs_keep``) console logs of the
+        sandbox, always its current guest's."""
+        keep = self.config.sandbox.console_logs_keep if keep is None else keep
+        rotate_console_logs(self.layout.sandbox_dir(info.id), self.layout.console_log(info.id, info.generation), keep)
 
     def list(self, sandbox_ref: str) -> list[Snapshot]:
         return self.store.list_snapshots(self.store.get_sandbox(sandbox_ref).id)

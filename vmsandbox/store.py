@@ -86,6 +86,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     cpu TEXT NOT NULL, memory TEXT NOT NULL,
     created_at REAL NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}',
+    pinned INTEGER NOT NULL DEFAULT 0,   -- kept by every retention rule (age, count, size)
     UNIQUE(sandbox_id, name)
 );
 -- Extra SSH ports held by a sandbox while a second guest of it starts (rollback).
@@ -170,6 +171,13 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE sandboxes ADD COLUMN throttle_reason TEXT NOT NULL DEFAULT ''")
 
 
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Version 3 lets a snapshot be pinned (``pinned``): retention never removes it. (A database
+    a test wound back to an older version may already have the column.)"""
+    if "pinned" not in {r[1] for r in db.execute("PRAGMA table_info(snapshots)")}:
+        db.execute("ALTER TABLE snapshots ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
+
+
 def _migrate_3_to_4(db: sqlite3.Connection) -> None:
     """Version 4 keeps warm standbys and their targets (two new tables)."""
     for stmt in _statements(STANDBY_SCHEMA):
@@ -177,9 +185,7 @@ def _migrate_3_to_4(db: sqlite3.Connection) -> None:
 
 
 #: version -> the step that upgrades a database of that version by one
-MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 3: _migrate_3_to_4}
-# 2 -> 3 is the retention change's (another branch); alone, this branch has nothing to add at 3
-MIGRATIONS.setdefault(2, lambda db: None)
+MIGRATIONS = {0: _migrate_0_to_1, 1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 _SANDBOX_COLS = tuple(f.name for f in dataclasses.fields(SandboxInfo))
 
@@ -262,11 +268,13 @@ class TreeStore:
         return [_snapshot(r) for r in self._db().execute(q, (sandbox_id,) if sandbox_id else ())]
 
     def update_snapshot(self, id: str, **fields: Any) -> None:
-        bad = set(fields) - {"memory_ref", "metadata", "created_at"}
+        bad = set(fields) - {"memory_ref", "metadata", "created_at", "pinned"}
         if bad:
             raise ValueError(f"unknown snapshot fields {bad}")
         if "metadata" in fields:
             fields["metadata"] = json.dumps(fields["metadata"])
+        if "pinned" in fields:
+            fields["pinned"] = int(fields["pinned"])
         with self.transaction() as db:
             db.execute(f"UPDATE snapshots SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), id))
 
@@ -281,7 +289,9 @@ class TreeStore:
                        (id, operation, sandbox_id, "begun", json.dumps(data), os.getpid(), time.time()))
 
     def journal_step(self, id: str, step: str, **data: Any) -> None:
-        with self.transaction() as db:
+        # read-modify-write: IMMEDIATE, else a write committed by another thread between the
+        # read and the update fails this one at once ("database is locked", a stale WAL snapshot)
+        with self.transaction(immediate=True) as db:
             row = db.execute("SELECT data FROM journal WHERE id=?", (id,)).fetchone()
             merged = {**json.loads(row["data"]), **data} if row else data
             db.execute("UPDATE journal SET step=?, data=? WHERE id=?", (step, json.dumps(merged), id))
@@ -346,6 +356,7 @@ class StandbyStore:
 def _snapshot(row: sqlite3.Row) -> Snapshot:
     d = dict(row)
     d["metadata"] = json.loads(d["metadata"])
+    d["pinned"] = bool(d["pinned"])
     return Snapshot(**d)
 
 

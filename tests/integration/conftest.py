@@ -103,9 +103,11 @@ def core(env):
 
 
 def assert_clean(env: Env, core: SandboxCore) -> None:
-    """No domain, layer or memory file beyond what the remaining sandboxes and snapshots need."""
+    """No domain, layer or memory file beyond what the remaining sandboxes and snapshots need
+    (and the spare overlays the journal names for their next disk-only snapshots)."""
     core.snapshots.wait_background()
-    known = {Path(l.ref).name for l in core.store.list_layers()}
+    known = {Path(l.ref).name for l in core.store.list_layers()} | {
+        Path(j["data"]["ref"]).name for j in core.store.journal_entries() if j["operation"] == "spare"}
     mem = {Path(s.memory_ref).name for s in core.store.list_snapshots() if s.memory_ref}
     left = env.leftovers()
     domains = {i.domain for i in core.store.list_sandboxes()}

@@ -56,6 +56,22 @@ def test_a_version_1_database_gains_throttle_reason(tmp_path):
     assert s._db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def test_a_version_2_database_gains_pinned_snapshots(tmp_path):
+    s = Store(tmp_path / "state.db")
+    db = s._db()
+    db.execute("INSERT INTO layers VALUES ('L1','/s/layers/L1.qcow2',NULL,'tiny','sb-1',1,1.0)")
+    db.execute("ALTER TABLE snapshots DROP COLUMN pinned")               # what version 2 looked like
+    db.execute("INSERT INTO snapshots VALUES ('sn-1','sb-1','base','L1',NULL,'1','256M',1.0,'{}')")
+    db.execute("PRAGMA user_version = 2")
+    s.close()
+    s = Store(tmp_path / "state.db")
+    assert s._db().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert s.get_snapshot("sn-1").pinned is False                       # existing snapshots: not pinned
+    s.update_snapshot("sn-1", pinned=True)
+    s.close()
+    assert Store(tmp_path / "state.db").get_snapshot("sn-1").pinned is True
+
+
 def test_a_newer_database_is_refused(tmp_path):
     Store(tmp_path / "state.db").close()
     db = sqlite3.connect(tmp_path / "state.db")

@@ -1,5 +1,5 @@
-"""CLI commands for snapshots: snapshot create|list|delete, rollback, clone, and the warm pools
-of snapshots (pool set|list)."""
+"""CLI commands for snapshots: snapshot create|list|delete|pin|unpin, rollback, clone, and the
+warm pools of snapshots (pool set|list)."""
 from __future__ import annotations
 
 import time
@@ -47,8 +47,8 @@ def snapshot_list(ctx, name, json_out):
     if json_out:
         print_json([s.to_dict() for s in snaps])
         return
-    table(["NAME", "ID", "MEMORY", "CREATED", "NOTE"],
-          [[s.name, s.id, "yes" if s.has_memory else "no",
+    table(["NAME", "ID", "MEMORY", "PINNED", "CREATED", "NOTE"],
+          [[s.name, s.id, "yes" if s.has_memory else "no", "yes" if s.pinned else "",
             datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M:%S"),
             s.metadata.get("reason", "")] for s in snaps])
 
@@ -61,6 +61,26 @@ def snapshot_delete(ctx, name, snapshot_ref):
     """Delete a snapshot (its disk layer is kept while anything stands on it)."""
     get_core(ctx).delete_snapshot(name, snapshot_ref)
     say(f"deleted snapshot {snapshot_ref} of {name}")
+
+
+@snapshot.command("pin")
+@click.argument("name")
+@click.argument("snapshot_ref")
+@click.pass_context
+def snapshot_pin(ctx, name, snapshot_ref):
+    """Keep a snapshot through retention (rollback.retention_days, max_snapshots, max_memory_bytes)."""
+    row = get_core(ctx).pin_snapshot(name, snapshot_ref, True)
+    say(f"pinned snapshot {row.name} ({row.id}) of {name}")
+
+
+@snapshot.command("unpin")
+@click.argument("name")
+@click.argument("snapshot_ref")
+@click.pass_context
+def snapshot_unpin(ctx, name, snapshot_ref):
+    """Let retention remove a snapshot again."""
+    row = get_core(ctx).pin_snapshot(name, snapshot_ref, False)
+    say(f"unpinned snapshot {row.name} ({row.id}) of {name}")
 
 
 @click.command("rollback")

@@ -79,9 +79,11 @@ class SnapshotPlan:
     frozen_ref: str
     active_ref: str
     memory_ref: Optional[str]
+    reuse: bool = False             # active_ref was made ahead (``premake_layer``): open it, do not create it
 
     def to_dict(self) -> dict:
-        return {"frozen_ref": self.frozen_ref, "active_ref": self.active_ref, "memory_ref": self.memory_ref}
+        return {"frozen_ref": self.frozen_ref, "active_ref": self.active_ref, "memory_ref": self.memory_ref,
+                "reuse": self.reuse}
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,11 @@ class Provider(abc.ABC):
     def snapshot_stopped(self, plan: SnapshotPlan) -> None:
         """Carry out ``plan`` (disk only) for a machine that is not running."""
         raise ProviderError(f"the {self.name} provider cannot take snapshots")
+
+    def premake_layer(self, plan: SnapshotPlan) -> bool:
+        """Make ``plan.active_ref`` (a new layer on ``plan.frozen_ref``) ahead of a disk-only
+        ``snapshot_machine`` that gets the plan with ``reuse=True``; False: this provider does not."""
+        return False
 
     def snapshot_completed(self, name: Optional[str], plan: SnapshotPlan) -> tuple[bool, Optional[str]]:
         """After a crash mid-snapshot: (did the machine switch to ``plan.active_ref``, the memory

@@ -141,8 +141,16 @@ class FakeProvider(Provider):
     def snapshot_machine(self, name: str, plan: SnapshotPlan) -> None:
         self._call("snapshot_machine", name)
         d = self._dom(name)
-        self._carry_out(plan)
+        if not plan.reuse:
+            self._carry_out(plan)
+        elif not os.path.exists(plan.active_ref):      # as libvirt with REUSE_EXT
+            raise ProviderError(f"snapshotting {name}: {plan.active_ref} does not exist")
         d["disk"] = plan.active_ref
+
+    def premake_layer(self, plan: SnapshotPlan) -> bool:
+        self._call("premake_layer", plan.frozen_ref)
+        self._carry_out(plan)
+        return True
 
     def snapshot_stopped(self, plan: SnapshotPlan) -> None:
         self._call("snapshot_stopped", plan.frozen_ref)

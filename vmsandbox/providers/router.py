@@ -218,6 +218,9 @@ class ProviderRouter(Provider):
     def snapshot_stopped(self, plan: SnapshotPlan) -> None:
         self.for_ref(plan.active_ref).snapshot_stopped(plan)
 
+    def premake_layer(self, plan: SnapshotPlan) -> bool:
+        return self.for_ref(plan.frozen_ref).premake_layer(plan)
+
     def snapshot_completed(self, name: Optional[str], plan: SnapshotPlan) -> tuple[bool, Optional[str]]:
         return self.for_ref(plan.active_ref).snapshot_completed(name, plan)
 

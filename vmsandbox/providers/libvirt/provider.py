@@ -293,6 +293,8 @@ class LibvirtProvider(Provider):
     def snapshot_machine(self, name: str, plan: SnapshotPlan) -> None:
         dom = self._domain(name)
         flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        if plan.reuse:      # made ahead (premake_layer): libvirt only opens it, ~6 ms less
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
         memory = ""
         if plan.memory_ref is None:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
@@ -310,6 +312,10 @@ class LibvirtProvider(Provider):
 
     def snapshot_stopped(self, plan: SnapshotPlan) -> None:
         disks.create_overlay(Path(plan.active_ref), Path(plan.frozen_ref))
+
+    def premake_layer(self, plan: SnapshotPlan) -> bool:
+        self.snapshot_stopped(plan)      # the same overlay; libvirt relabels it for QEMU when it opens it
+        return True
 
     def snapshot_completed(self, name: Optional[str], plan: SnapshotPlan) -> tuple[bool, Optional[str]]:
         if name is None:
