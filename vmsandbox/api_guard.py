@@ -10,9 +10,9 @@ Owns two mistakes that otherwise fail late and obscurely:
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
+import sys
 from typing import Any, Callable, Iterable, Mapping
 
 from .exceptions import ConfigError
@@ -22,6 +22,9 @@ _STRINGS = {"sandbox_id", "sandbox", "snapshot_id", "name", "command"}
 
 
 def _in_event_loop() -> bool:
+    asyncio = sys.modules.get("asyncio")     # a process that never imported it runs no event loop
+    if asyncio is None:                      # (and a CLI call need not import it: ~20 ms)
+        return False
     try:
         asyncio.get_running_loop()
     except RuntimeError:
