@@ -1,0 +1,120 @@
+"""Benchmark of the command line's start-up, each command a fresh process as a person or a script
+runs it, interleaved rounds (bench/harness.py):
+
+- `vmsandbox exec NAME -- true` against `ssh -F <the sandbox's ssh-config> NAME true` on the same
+  guest (target: ratio per round <= 1.5x). The ssh-config's ProxyCommand is `vmsandbox ssh-proxy`,
+  so the peer runs vmsandbox too: its start-up is part of both sides;
+- the same ssh without the proxy (straight to the forwarded port), for scale;
+- `vmsandbox --help` (target <= 100 ms) and `vmsandbox list` against `virsh list`;
+- with `--before DIR` (an older source tree: `git archive REV vmsandbox | tar -x -C DIR`) each
+  vmsandbox command also runs from DIR in the same rounds (same interpreter, same packages,
+  `PYTHONPATH=DIR`), and its ssh-config names DIR's proxy: a before/after ratio per round.
+
+Python byte-code: the commands run with a private `PYTHONPYCACHEPREFIX` (under the state
+directory, warmed by the harness's first round) and without `PYTHONDONTWRITEBYTECODE`, as an
+installed package runs (pip writes the .pyc files); `--no-bytecode` measures every run compiling
+the sources instead.
+
+    .venv/bin/python bench/bench_cli.py [--runs 15] [--before DIR] [--no-bytecode] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import BOOT_TIMEOUT, BOX_DIR, BenchEnv, load_and_domains  # noqa: E402
+from harness import Sides, report, spread_row, write_json  # noqa: E402
+
+VMSANDBOX = str(Path(sys.executable).parent / "vmsandbox")       # this venv's console script
+
+
+def runner(argv: list[str], env: dict, cwd: Path):
+    """A step that runs ``argv`` to its end (output discarded) and fails loudly if it fails."""
+    def step() -> None:
+        r = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
+    return step
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--before", type=Path, default=None, help="source tree of the vmsandbox to compare with")
+    ap.add_argument("--no-bytecode", action="store_true", help="no .pyc files: every run compiles the sources")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.before and not (args.before / "vmsandbox" / "cli" / "__init__.py").exists():
+        ap.error(f"{args.before} holds no vmsandbox source tree")
+    env_core = BenchEnv("cli")
+    try:
+        state = env_core.state_dir
+        cfg = state / "config.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "sandbox": {"state_directory": str(state), "box_directory": BOX_DIR, "domain_prefix": env_core.prefix,
+                        "boot_timeout_seconds": int(BOOT_TIMEOUT)},
+            "providers": {"libvirt": {"accelerator": "tcg"}},
+            "monitoring": {"enabled": False}}))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH")}
+        env["VMSANDBOX_CONFIG"] = str(cfg)
+        if args.no_bytecode:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        else:
+            env["PYTHONPYCACHEPREFIX"] = str(state / "pycache")
+        trees = {"": env}
+        if args.before:
+            trees[" (before)"] = {**env, "PYTHONPATH": str(args.before.resolve())}
+
+        sid = env_core.core.create_sandbox("bench")
+        port = env_core.core.get(sid).ssh_port
+        sides = Sides(runs=args.runs)
+        for tag, e in trees.items():
+            ssh_cfg = state / f"ssh_config{tag.strip(' ()')}"
+            with open(ssh_cfg, "w") as f:
+                subprocess.run([VMSANDBOX, "ssh-config", "bench"], env=e, cwd=state, stdout=f, check=True)
+            sides.add(f"vmsandbox exec{tag}", runner([VMSANDBOX, "exec", "bench", "--", "true"], e, state))
+            sides.add(f"ssh -F{tag}", runner(["ssh", "-F", str(ssh_cfg), "bench", "true"], e, state))
+            sides.add(f"--help{tag}", runner([VMSANDBOX, "--help"], e, state))
+            sides.add(f"list{tag}", runner([VMSANDBOX, "list"], e, state))
+        sides.add("ssh, no proxy", runner(["ssh", "-F", str(state / "ssh_config"), "-o", "ProxyCommand=none",
+                                           "-o", "HostName=127.0.0.1", "-p", str(port), "bench", "true"], env, state))
+        sides.add("virsh list", runner(["virsh", "-c", "qemu:///system", "list"], env, state))
+
+        load0 = load_and_domains()
+        print(f"load before: {load0['loadavg']}, running domains: {len(load0['running_domains'])}; "
+              f"byte-code: {'none (compiled every run)' if args.no_bytecode else 'cached'}")
+        samples = sides.run()
+        load1 = load_and_domains()
+        print(f"load after: {load1['loadavg']}, running domains: {len(load1['running_domains'])}")
+
+        results = [report("`vmsandbox exec NAME -- true` vs `ssh -F <ssh-config> NAME true`", samples,
+                          "vmsandbox exec", "ssh -F", target=1.5),
+                   report("ssh through the ProxyCommand vs straight to the port", samples, "ssh -F", "ssh, no proxy"),
+                   report("`vmsandbox list` vs `virsh list`", samples, "list", "virsh list")]
+        if args.before:
+            for what in ("vmsandbox exec", "ssh -F", "--help", "list"):
+                results.append(report(f"{what}: this tree vs before", samples, what, f"{what} (before)"))
+        print("\n| step | median | p95 | min-max | n |\n|---|---|---|---|---|")
+        results.append(spread_row("`vmsandbox --help`", samples["--help"], target=0.1))
+        for name in samples:
+            if name != "--help":
+                results.append(spread_row(name, samples[name]))
+        write_json(args.json, samples=samples, results=results, load_before=load0, load_after=load1,
+                   bytecode=not args.no_bytecode)
+        missed = [r for r in results if r.get("met") is False]
+        return 1 if missed else 0
+    finally:
+        left = env_core.close()
+        if left:
+            print(f"LEFT BEHIND: {left}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
