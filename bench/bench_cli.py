@@ -13,7 +13,8 @@ runs it, interleaved rounds (bench/harness.py):
 Python byte-code: the commands run with a private `PYTHONPYCACHEPREFIX` (under the state
 directory, warmed by the harness's first round) and without `PYTHONDONTWRITEBYTECODE`, as an
 installed package runs (pip writes the .pyc files); `--no-bytecode` measures every run compiling
-the sources instead.
+the sources instead. Each step's CPU time (user + system, its child processes included) is shown
+too: the machine is shared, and CPU time moves far less with the load than wall time does.
 
     .venv/bin/python bench/bench_cli.py [--runs 15] [--before DIR] [--no-bytecode] [--json FILE]
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -34,14 +36,26 @@ from harness import Sides, report, spread_row, write_json  # noqa: E402
 VMSANDBOX = str(Path(sys.executable).parent / "vmsandbox")       # this venv's console script
 
 
-def runner(argv: list[str], env: dict, cwd: Path):
+#: CPU seconds (user + system) of each run, by side, the processes it started included (ssh's
+#: ProxyCommand too): unlike wall time, hardly moved by what else the shared machine runs
+CPU: dict[str, list[float]] = {}
+
+
+def runner(name: str, argv: list[str], env: dict, cwd: Path):
     """A step that runs ``argv`` to its end (output discarded) and fails loudly if it fails."""
     def step() -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, timeout=120)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        CPU.setdefault(name, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.decode(errors='replace')[-500:]}")
     return step
+
+
+def add(sides: Sides, name: str, argv: list[str], env: dict, cwd: Path) -> None:
+    sides.add(name, runner(name, argv, env, cwd))
 
 
 def main() -> int:
@@ -79,13 +93,13 @@ def main() -> int:
             ssh_cfg = state / f"ssh_config{tag.strip(' ()')}"
             with open(ssh_cfg, "w") as f:
                 subprocess.run([VMSANDBOX, "ssh-config", "bench"], env=e, cwd=state, stdout=f, check=True)
-            sides.add(f"vmsandbox exec{tag}", runner([VMSANDBOX, "exec", "bench", "--", "true"], e, state))
-            sides.add(f"ssh -F{tag}", runner(["ssh", "-F", str(ssh_cfg), "bench", "true"], e, state))
-            sides.add(f"--help{tag}", runner([VMSANDBOX, "--help"], e, state))
-            sides.add(f"list{tag}", runner([VMSANDBOX, "list"], e, state))
-        sides.add("ssh, no proxy", runner(["ssh", "-F", str(state / "ssh_config"), "-o", "ProxyCommand=none",
-                                           "-o", "HostName=127.0.0.1", "-p", str(port), "bench", "true"], env, state))
-        sides.add("virsh list", runner(["virsh", "-c", "qemu:///system", "list"], env, state))
+            add(sides, f"vmsandbox exec{tag}", [VMSANDBOX, "exec", "bench", "--", "true"], e, state)
+            add(sides, f"ssh -F{tag}", ["ssh", "-F", str(ssh_cfg), "bench", "true"], e, state)
+            add(sides, f"--help{tag}", [VMSANDBOX, "--help"], e, state)
+            add(sides, f"list{tag}", [VMSANDBOX, "list"], e, state)
+        add(sides, "ssh, no proxy", ["ssh", "-F", str(state / "ssh_config"), "-o", "ProxyCommand=none",
+                                     "-o", "HostName=127.0.0.1", "-p", str(port), "bench", "true"], env, state)
+        add(sides, "virsh list", ["virsh", "-c", "qemu:///system", "list"], env, state)
 
         load0 = load_and_domains()
         print(f"load before: {load0['loadavg']}, running domains: {len(load0['running_domains'])}; "
@@ -106,7 +120,12 @@ def main() -> int:
         for name in samples:
             if name != "--help":
                 results.append(spread_row(name, samples[name]))
-        write_json(args.json, samples=samples, results=results, load_before=load0, load_after=load1,
+        cpu = {name: xs[sides.warmup:] for name, xs in CPU.items()}        # the harness's warm-up round: not kept
+        print("\nCPU time (user + system, child processes included)\n\n| step | median | p95 | min-max | n |\n|---|---|---|---|---|")
+        for name in cpu:
+            if not name.startswith("ssh"):      # ssh does not wait for its ProxyCommand: its CPU is not counted
+                spread_row(f"{name} (CPU)", cpu[name])
+        write_json(args.json, samples=samples, cpu=cpu, results=results, load_before=load0, load_after=load1,
                    bytecode=not args.no_bytecode)
         missed = [r for r in results if r.get("met") is False]
         return 1 if missed else 0
