@@ -6,9 +6,10 @@ runs it, interleaved rounds (bench/harness.py):
   so the peer runs vmsandbox too: its start-up is part of both sides;
 - the same ssh without the proxy (straight to the forwarded port), for scale;
 - `vmsandbox --help` (target <= 100 ms) and `vmsandbox list` against `virsh list`;
-- with `--before DIR` (an older source tree: `git archive REV vmsandbox | tar -x -C DIR`) each
-  vmsandbox command also runs from DIR in the same rounds (same interpreter, same packages,
-  `PYTHONPATH=DIR`), and its ssh-config names DIR's proxy: a before/after ratio per round.
+- with `--before DIR` (an older source tree: `git archive REV vmsandbox | tar -x -C DIR`; or any
+  other tree, named with `--label`) each vmsandbox command also runs from DIR in the same rounds
+  (same interpreter, same packages, `PYTHONPATH=DIR`), and its ssh-config's proxy runs DIR's code
+  too: a ratio per round between the two trees, and DIR's own exec against its own ssh -F.
 
 Python byte-code: the commands run with a private `PYTHONPYCACHEPREFIX` (under the state
 directory, warmed by the harness's first round) and without `PYTHONDONTWRITEBYTECODE`, as an
@@ -16,7 +17,7 @@ installed package runs (pip writes the .pyc files); `--no-bytecode` measures eve
 the sources instead. Each step's CPU time (user + system, its child processes included) is shown
 too: the machine is shared, and CPU time moves far less with the load than wall time does.
 
-    .venv/bin/python bench/bench_cli.py [--runs 15] [--before DIR] [--no-bytecode] [--json FILE]
+    .venv/bin/python bench/bench_cli.py [--runs 15] [--before DIR [--label NAME]] [--no-bytecode] [--json FILE]
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--before", type=Path, default=None, help="source tree of the vmsandbox to compare with")
+    ap.add_argument("--label", default="before", help="what to call the --before tree in the tables")
     ap.add_argument("--no-bytecode", action="store_true", help="no .pyc files: every run compiles the sources")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -84,13 +86,13 @@ def main() -> int:
             env["PYTHONPYCACHEPREFIX"] = str(state / "pycache")
         trees = {"": env}
         if args.before:
-            trees[" (before)"] = {**env, "PYTHONPATH": str(args.before.resolve())}
+            trees[f" ({args.label})"] = {**env, "PYTHONPATH": str(args.before.resolve())}
 
         sid = env_core.core.create_sandbox("bench")
         port = env_core.core.get(sid).ssh_port
         sides = Sides(runs=args.runs)
         for tag, e in trees.items():
-            ssh_cfg = state / f"ssh_config{tag.strip(' ()')}"
+            ssh_cfg = state / ("ssh_config" + ("-other" if tag else ""))
             with open(ssh_cfg, "w") as f:
                 subprocess.run([VMSANDBOX, "ssh-config", "bench"], env=e, cwd=state, stdout=f, check=True)
             add(sides, f"vmsandbox exec{tag}", [VMSANDBOX, "exec", "bench", "--", "true"], e, state)
@@ -113,8 +115,11 @@ def main() -> int:
                    report("ssh through the ProxyCommand vs straight to the port", samples, "ssh -F", "ssh, no proxy"),
                    report("`vmsandbox list` vs `virsh list`", samples, "list", "virsh list")]
         if args.before:
+            other = f" ({args.label})"
+            results.append(report(f"`vmsandbox exec NAME -- true` vs `ssh -F <ssh-config> NAME true`{other}", samples,
+                                  f"vmsandbox exec{other}", f"ssh -F{other}"))
             for what in ("vmsandbox exec", "ssh -F", "--help", "list"):
-                results.append(report(f"{what}: this tree vs before", samples, what, f"{what} (before)"))
+                results.append(report(f"{what}: this tree vs {args.label}", samples, what, f"{what}{other}"))
         print("\n| step | median | p95 | min-max | n |\n|---|---|---|---|---|")
         results.append(spread_row("`vmsandbox --help`", samples["--help"], target=0.1))
         for name in samples:
