@@ -17,7 +17,7 @@ installed package runs (pip writes the .pyc files); `--no-bytecode` measures eve
 the sources instead. Each step's CPU time (user + system, its child processes included) is shown
 too: the machine is shared, and CPU time moves far less with the load than wall time does.
 
-    .venv/bin/python bench/bench_cli.py [--runs 15] [--before DIR [--label NAME]] [--no-bytecode] [--json FILE]
+    .venv/bin/python bench/bench_cli.py [--runs 15] [--before DIR [--label NAME]] [--exec-only] [--no-bytecode] [--json FILE]
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--before", type=Path, default=None, help="source tree of the vmsandbox to compare with")
     ap.add_argument("--label", default="before", help="what to call the --before tree in the tables")
+    ap.add_argument("--exec-only", action="store_true", help="only exec against ssh -F (shorter rounds)")
     ap.add_argument("--no-bytecode", action="store_true", help="no .pyc files: every run compiles the sources")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -97,11 +98,13 @@ def main() -> int:
                 subprocess.run([VMSANDBOX, "ssh-config", "bench"], env=e, cwd=state, stdout=f, check=True)
             add(sides, f"vmsandbox exec{tag}", [VMSANDBOX, "exec", "bench", "--", "true"], e, state)
             add(sides, f"ssh -F{tag}", ["ssh", "-F", str(ssh_cfg), "bench", "true"], e, state)
-            add(sides, f"--help{tag}", [VMSANDBOX, "--help"], e, state)
-            add(sides, f"list{tag}", [VMSANDBOX, "list"], e, state)
+            if not args.exec_only:
+                add(sides, f"--help{tag}", [VMSANDBOX, "--help"], e, state)
+                add(sides, f"list{tag}", [VMSANDBOX, "list"], e, state)
         add(sides, "ssh, no proxy", ["ssh", "-F", str(state / "ssh_config"), "-o", "ProxyCommand=none",
                                      "-o", "HostName=127.0.0.1", "-p", str(port), "bench", "true"], env, state)
-        add(sides, "virsh list", ["virsh", "-c", "qemu:///system", "list"], env, state)
+        if not args.exec_only:
+            add(sides, "virsh list", ["virsh", "-c", "qemu:///system", "list"], env, state)
 
         load0 = load_and_domains()
         print(f"load before: {load0['loadavg']}, running domains: {len(load0['running_domains'])}; "
@@ -112,16 +115,18 @@ def main() -> int:
 
         results = [report("`vmsandbox exec NAME -- true` vs `ssh -F <ssh-config> NAME true`", samples,
                           "vmsandbox exec", "ssh -F", target=1.5),
-                   report("ssh through the ProxyCommand vs straight to the port", samples, "ssh -F", "ssh, no proxy"),
-                   report("`vmsandbox list` vs `virsh list`", samples, "list", "virsh list")]
+                   report("ssh through the ProxyCommand vs straight to the port", samples, "ssh -F", "ssh, no proxy")]
+        if not args.exec_only:
+            results.append(report("`vmsandbox list` vs `virsh list`", samples, "list", "virsh list"))
         if args.before:
             other = f" ({args.label})"
             results.append(report(f"`vmsandbox exec NAME -- true` vs `ssh -F <ssh-config> NAME true`{other}", samples,
                                   f"vmsandbox exec{other}", f"ssh -F{other}"))
-            for what in ("vmsandbox exec", "ssh -F", "--help", "list"):
+            for what in ("vmsandbox exec", "ssh -F") + (() if args.exec_only else ("--help", "list")):
                 results.append(report(f"{what}: this tree vs {args.label}", samples, what, f"{what}{other}"))
         print("\n| step | median | p95 | min-max | n |\n|---|---|---|---|---|")
-        results.append(spread_row("`vmsandbox --help`", samples["--help"], target=0.1))
+        if not args.exec_only:
+            results.append(spread_row("`vmsandbox --help`", samples["--help"], target=0.1))
         for name in samples:
             if name != "--help":
                 results.append(spread_row(name, samples[name]))
