@@ -81,3 +81,35 @@ def test_unknown_command_is_one_clear_error():
     from click.testing import CliRunner
     r = CliRunner().invoke(cli_pkg.cli, ["no-such-command"])
     assert r.exit_code == 2 and "No such command 'no-such-command'" in r.output
+
+
+def test_a_raw_state_database_error_is_one_line():
+    """The group maps a sqlite3 error (only possible once sqlite3 is imported) to one line."""
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    @click.command("boom-db")
+    def boom():
+        raise sqlite3.OperationalError("disk I/O error")
+    cli_pkg.cli.add_command(boom)
+    try:
+        r = CliRunner().invoke(cli_pkg.cli, ["boom-db"])
+    finally:
+        cli_pkg.cli.commands.pop("boom-db")
+    assert r.exit_code == 1
+    assert "error: state database: disk I/O error; run `vmsandbox doctor`" in r.output and "Traceback" not in r.output
+
+
+def test_other_errors_are_not_swallowed():
+    from click.testing import CliRunner
+
+    @click.command("boom-other")
+    def boom():
+        raise ValueError("a bug")
+    cli_pkg.cli.add_command(boom)
+    try:
+        r = CliRunner().invoke(cli_pkg.cli, ["boom-other"])
+    finally:
+        cli_pkg.cli.commands.pop("boom-other")
+    assert isinstance(r.exception, ValueError)
