@@ -9,7 +9,6 @@ of their commands runs: ``vmsandbox --help`` imports none of them, ``vmsandbox e
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import click
@@ -133,6 +132,7 @@ class VmsandboxGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, state_dir: str | None, verbose: int) -> None:
     """Throwaway VM sandboxes: create, exec, snapshot, roll back, destroy."""
+    import logging                              # not for --help: ~5 ms
     from .._safe_text import SafeFormatter
     from ._context import AppContext
     handler = logging.StreamHandler()           # log lines quote guests and commands: escape them
