@@ -12,10 +12,10 @@ Owns two mistakes that otherwise fail late and obscurely, and one translation:
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import sqlite3
+import sys
 from typing import Any, Callable, Iterable, Mapping
 
 from .exceptions import ConfigError, StateDatabaseError
@@ -25,6 +25,9 @@ _STRINGS = {"sandbox_id", "sandbox", "snapshot_id", "name", "command"}
 
 
 def _in_event_loop() -> bool:
+    asyncio = sys.modules.get("asyncio")     # a process that never imported it runs no event loop
+    if asyncio is None:                      # (and a CLI call need not import it: ~20 ms)
+        return False
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -30,17 +30,19 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .perms import FILE_MODE, grant_search, private_dir, qemu_user
 from .exceptions import ConfigError, NotFoundError, ProviderError
+
+if TYPE_CHECKING:
+    import tarfile                        # imported where boxes are packed or unpacked: not on every command
 
 BOX_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 LAYOUT = Path("0") / "libvirt"
@@ -270,6 +272,7 @@ class BoxStore:
             raise ConfigError(f"box {name!r} has no metadata.json; it cannot be exported")
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
         os.close(fd)
+        import tarfile
         try:
             with tarfile.open(tmp, "w") as tar:
                 for f in files:
@@ -323,6 +326,7 @@ class BoxStore:
 
     def _unpack_box(self, file: Path, out: Path) -> dict:
         """Safely extract a Vagrant libvirt box into ``out``, validate it; returns qemu-img info."""
+        import tarfile
         try:
             with tarfile.open(file, "r:*") as tar:
                 members = tar.getmembers()

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-import paramiko
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+from vmsandbox._paramiko import paramiko   # without invoke: see there
 
 from vmsandbox.filecopy import get as copy_out, put as copy_in
 from vmsandbox._safe_text import visible
@@ -140,6 +139,7 @@ class SSHSession:
                     raise
 
         try:
+            from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed   # only here: it imports asyncio
             Retrying(retry=retry_if_exception_type(_TransportFault), stop=stop_after_delay(timeout),
                      wait=wait_fixed(_RETRY_WAIT), reraise=True)(attempt)
         except _TransportFault as exc:

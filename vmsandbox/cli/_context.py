@@ -7,21 +7,36 @@ hide or crash a view. (``exec`` streams the command's own output untouched: that
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from .._safe_text import visible
 
 from ..exceptions import (CommandTimeout, ConfigError, NotFoundError, ResourceLimitError, SandboxError,
                           SecurityError, StateError)
 
-console = Console(stderr=True)
-out = Console()
+if TYPE_CHECKING:
+    from rich.table import Table
+    from rich.text import Text
+
+
+def __getattr__(name: str) -> Any:
+    """``console`` (stderr) and ``out`` (stdout): rich consoles, made on first use (PEP 562), so
+    a command that prints no table or status line never imports rich."""
+    if name not in ("console", "out"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from rich.console import Console
+    globals().setdefault("console", Console(stderr=True))
+    globals().setdefault("out", Console())
+    return globals()[name]
+
+
+def _console(name: str):
+    """``console`` or ``out`` as the module holds it now (a test may have replaced it)."""
+    return globals()[name] if name in globals() else __getattr__(name)
 
 #: exit codes for errors (a command's own exit code passes through `vmsandbox exec`)
 EXIT_CODES = {ConfigError: 2, NotFoundError: 3, StateError: 4, SecurityError: 5, ResourceLimitError: 6,
@@ -90,13 +105,22 @@ CELL_MAX = 300
 def literal(value: Any, max_line: int = CELL_MAX) -> Text:
     """A table cell or status line: ``value`` shown literally, one line, controls escaped.
     A ``Text`` the caller built itself (styled on purpose) is kept as it is."""
+    from rich.text import Text
     if isinstance(value, Text):
         return value
-    return Text("" if value is None else visible(value, max_line=max_line))
+    return Text(_plain(value, max_line))
+
+
+def _plain(value: Any, max_line: int = CELL_MAX) -> str:
+    """``literal(value).plain`` without rich: the escaped text (a caller's own ``Text``: its text)."""
+    if type(value).__module__ == "rich.text":
+        return value.plain
+    return "" if value is None else visible(value, max_line=max_line)
 
 
 def safe_table(columns: list[str], title: str | None = None) -> Table:
     """A rich table whose title and headers cannot be read as markup; add rows with ``add_row``."""
+    from rich.table import Table
     t = Table(title=literal(title) if title else None)
     for c in columns:
         t.add_column(literal(c))
@@ -110,22 +134,30 @@ def add_row(t: Table, row: list[Any]) -> None:
 def table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     """A table for people on a terminal; full-width plain rows (nothing cut) for a pipe or a file.
     Either way every cell is shown literally with controls escaped."""
-    if not out.is_terminal:
+    if not _stdout_is_terminal():
         plain_rows(columns, rows, title)
         return
     t = safe_table(columns, title)
     for r in rows:
         add_row(t, r)
-    out.print(t)
+    _console("out").print(t)
+
+
+def _stdout_is_terminal() -> bool:
+    """``out.is_terminal``, without making ``out`` (and importing rich) for a plain pipe."""
+    if "out" not in globals() and not (sys.stdout and sys.stdout.isatty()) and not any(
+            k in os.environ for k in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")):   # rich's overrides
+        return False
+    return _console("out").is_terminal
 
 
 def plain_rows(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
     """Columns padded to their widest cell, never cut at the terminal width (for pipes; use --json
     to parse); cells escaped like the terminal table's (``literal``)."""
-    cells = [[literal(v).plain for v in r] for r in rows]
+    cells = [[_plain(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     if title:
-        click.echo(literal(title).plain)
+        click.echo(_plain(title))
     for r in ([columns] if any(columns) else []) + cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
@@ -137,7 +169,7 @@ def say(message: Any, err: bool = False) -> None:
 
 def status(message: Any):
     """A live status line (rich) for progress, fed with ``literal`` text only."""
-    return console.status(literal(message, max_line=200))
+    return _console("console").status(literal(message, max_line=200))
 
 
 def fail(message: str, code: int = 1) -> None:

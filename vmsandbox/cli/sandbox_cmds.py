@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-import yaml
 
 from ._context import get_core, app, literal, print_json, say, status as status_line, table
 
@@ -413,6 +412,7 @@ def config_group():
 def config_show(ctx, json_out):
     """Print the effective configuration (defaults merged with the file)."""
     data = app(ctx).config.to_dict()
+    import yaml
     if json_out:
         print_json(data)
     else:

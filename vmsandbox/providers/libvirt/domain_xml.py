@@ -7,7 +7,7 @@ address, else QEMU finds the slot taken), serial console logged to a file, ballo
 """
 from __future__ import annotations
 
-from xml.sax.saxutils import escape, quoteattr
+from .xmltext import escape, quoteattr   # not xml.sax.saxutils: see xmltext
 
 from ..base import MachineSpec
 

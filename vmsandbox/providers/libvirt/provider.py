@@ -20,7 +20,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
-from xml.sax.saxutils import quoteattr
+from .xmltext import quoteattr   # not xml.sax.saxutils: see xmltext
 
 import libvirt
 
