@@ -70,7 +70,7 @@ class SandboxCore:
         sources = BoxSources(lambda: self.boxes, self.router)
         self._validator = None
         self.sessions = sessions or SessionPool(self.router, self.store, lambda: sources,
-                                                sb.boot_timeout_seconds)
+                                                sb.boot_timeout_seconds, self.layout.sandbox_dir)
         self.ops = Operations(self.store, self.layout, lock_wait=float(sb.boot_timeout_seconds))
         self.tree = LayerTree(self.store, self.router, self.layout)
         self.lifecycle = Lifecycle(self.config, self.store, self.layout, self.router, self.sessions, self.tree,

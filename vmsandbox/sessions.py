@@ -3,13 +3,17 @@ process, reopened when the sandbox's endpoint changes (a rollback moves it) or t
 
 Owns the cache only; the provider says where a sandbox is reached (``Provider.endpoint``) and
 opens the session (``Provider.open_session``: SSH for VM providers). A host key learnt on first
-use is pinned in the sandbox's record.
+use is pinned in the sandbox's record; how commands start in the guest (``execmode``) is probed
+once per sandbox, kept in its state directory and handed to every later session (a clone starts
+with its source's).
 """
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Callable, Optional
 
+from . import execmode
 from .models import SandboxInfo
 from .providers import Endpoint, Provider
 from .store import Store
@@ -18,8 +22,10 @@ Progress = Callable[[str], None]
 
 
 class SessionPool:
-    def __init__(self, provider: Provider, store: Store, boxes: Callable[[], Any], boot_timeout: float) -> None:
+    def __init__(self, provider: Provider, store: Store, boxes: Callable[[], Any], boot_timeout: float,
+                 sandbox_dir: Optional[Callable[[str], Path]] = None) -> None:
         self.provider = provider
+        self._sandbox_dir = sandbox_dir
         self.store = store
         self._boxes = boxes
         self.boot_timeout = boot_timeout
@@ -44,8 +50,20 @@ class SessionPool:
                 self.store.update_sandbox(sid, host_key=keyline)
 
             session = self.provider.open_session(endpoint, on_new_host_key=remember)
+            if self._sandbox_dir is not None and hasattr(session, "use_exec_mode"):
+                where = self._sandbox_dir(info.id)
+                session.use_exec_mode(self._exec_mode(info, where), lambda mode: execmode.save(where, mode))
             self._sessions[info.id] = (endpoint, session)
             return session
+
+    def _exec_mode(self, info: SandboxInfo, where: Path) -> Optional[str]:
+        """The sandbox's recorded exec mode, else its clone source's (same image)."""
+        mode = execmode.load(where)
+        if mode is None and info.cloned_from:
+            source = self.store.find_snapshot(info.cloned_from)
+            if source is not None:
+                mode = execmode.load(self._sandbox_dir(source.sandbox_id))
+        return mode
 
     def drop(self, sandbox_id: str) -> None:
         with self._lock:
