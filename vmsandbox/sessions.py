@@ -29,7 +29,7 @@ class SessionPool:
         self.store = store
         self._boxes = boxes
         self.boot_timeout = boot_timeout
-        self._sessions: dict[str, tuple[Endpoint, Any]] = {}
+        self._sessions: dict[str, tuple[Endpoint, Any, tuple]] = {}
         self._lock = threading.Lock()
 
     def endpoint(self, info: SandboxInfo) -> Endpoint:
@@ -37,12 +37,19 @@ class SessionPool:
 
     def get(self, info: SandboxInfo) -> Any:
         """The open session to ``info`` (opened on first use)."""
+        # Hot path (every command): the record fields an endpoint is made of unchanged means the
+        # same endpoint, without reading the box from disk again.
+        key = (info.provider, info.box, info.ssh_port, info.host_key, info.domain)
+        cached = self._sessions.get(info.id)
+        if cached is not None and cached[2] == key:
+            return cached[1]
         endpoint = self.endpoint(info)
         with self._lock:
             cached = self._sessions.get(info.id)
             if cached is not None:
-                old_endpoint, session = cached
+                old_endpoint, session, _ = cached
                 if old_endpoint == endpoint:
+                    self._sessions[info.id] = (endpoint, session, key)
                     return session
                 session.close()
 
@@ -53,7 +60,7 @@ class SessionPool:
             if self._sandbox_dir is not None and hasattr(session, "use_exec_mode"):
                 where = self._sandbox_dir(info.id)
                 session.use_exec_mode(self._exec_mode(info, where), lambda mode: execmode.save(where, mode))
-            self._sessions[info.id] = (endpoint, session)
+            self._sessions[info.id] = (endpoint, session, key)
             return session
 
     def _exec_mode(self, info: SandboxInfo, where: Path) -> Optional[str]:
@@ -78,6 +85,6 @@ class SessionPool:
 
     def close(self) -> None:
         with self._lock:
-            sessions, self._sessions = [s for _, s in self._sessions.values()], {}
+            sessions, self._sessions = [s for _, s, _ in self._sessions.values()], {}
         for s in sessions:
             s.close()
