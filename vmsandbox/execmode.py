@@ -50,19 +50,21 @@ FORK_WRAPPER = (f"if command -v setsid >/dev/null; then setsid sh -c {_SESSION} 
 EXEC_WRAPPER = f"exec setsid sh -c {_SESSION} {{script}}"
 LEADER_WRAPPER = f"{_PRINT_PGID}; eval {{script}}"
 
-# Once per boot, as root: cgroup v2 where the guest did not mount it, and the slots.
+# Once per boot, as root: cgroup v2 where the guest did not mount it, and the slots (never plain
+# directories: where no cgroup v2 is mounted, nothing is made and commands fall back to setsid).
 _CGROUP_SETUP = (f"([ -e {CGROUP_ROOT}/cgroup.procs ] || mount -t cgroup2 -o favordynmods cgroup2 {CGROUP_ROOT} "
-                 f"|| mount -t cgroup2 cgroup2 {CGROUP_ROOT}; mkdir -p {CGROUP_DIR} && cd {CGROUP_DIR} "
+                 f"|| mount -t cgroup2 cgroup2 {CGROUP_ROOT}; [ -e {CGROUP_ROOT}/cgroup.procs ] && mkdir -p {CGROUP_DIR} "
+                 f"&& cd {CGROUP_DIR} "
                  f"&& mkdir -p {' '.join(map(str, range(CGROUP_SLOTS)))})")
-# Claims the first free slot of the list given: empty before joining and only us after (a
-# command of another connection may race for it: the loser leaves). The script runs outside the
-# loop (a `break` in it must not reach ours), with our variables unset.
+# Claims the first free slot of the list given: the shell joins it and stays if it is alone there
+# (else it leaves: an earlier command's background processes, or a command of another
+# connection, hold it). A slot that cannot be joined makes the slots (first command after a
+# boot) and is tried again. The script runs outside the loop (a `break` in it must not reach
+# ours), with our variables unset.
 _CGROUP_WRAPPER = (
-    f"[ -e {CGROUP_DIR}/{{last}}/cgroup.kill ] || {_CGROUP_SETUP} >/dev/null 2>&1; _vms_k=; "
-    f"for _vms_s in {{slots}}; do _vms_d={CGROUP_DIR}/$_vms_s; _vms_n=0; "
-    "while read -r _vms_p; do _vms_n=1; done <$_vms_d/cgroup.procs || break; [ $_vms_n = 0 ] || continue; "
-    "echo $$ >$_vms_d/cgroup.procs || break; "
-    "while read -r _vms_p; do [ $_vms_p = $$ ] || _vms_n=1; done <$_vms_d/cgroup.procs; "
+    f"_vms_k=; for _vms_s in {{slots}}; do _vms_d={CGROUP_DIR}/$_vms_s; "
+    f"echo $$ >$_vms_d/cgroup.procs || {{{{ {_CGROUP_SETUP} >/dev/null 2>&1; echo $$ >$_vms_d/cgroup.procs; }}}} "
+    "|| break; _vms_n=0; while read -r _vms_p; do [ $_vms_p = $$ ] || _vms_n=1; done <$_vms_d/cgroup.procs; "
     f"[ $_vms_n = 0 ] && {{{{ _vms_k=$_vms_s; break; }}}}; echo $$ >{CGROUP_ROOT}/cgroup.procs; "
     "done 2>/dev/null; "
     "if [ -n \"$_vms_k\" ]; then printf '\\036vmsandbox-cgroup:%s\\n' $_vms_k; "
@@ -116,7 +118,7 @@ class Wrapper:
         if self.mode == "fork":
             return FORK_WRAPPER.format(script=quoted)
         slots = [(self._base + lane + 8 * k) % CGROUP_SLOTS for k in range(_TRIES)]
-        return _CGROUP_WRAPPER.format(slots=" ".join(map(str, slots)), last=CGROUP_SLOTS - 1, script=quoted)
+        return _CGROUP_WRAPPER.format(slots=" ".join(map(str, slots)), script=quoted)
 
 
 def kill_command(kind: str, value: int) -> str:
