@@ -29,6 +29,7 @@ import os
 import random
 import shlex
 from pathlib import Path
+from typing import Callable
 
 MODES = ("leader", "cgroup", "setsid", "fork")
 MODE_FILE = "exec-mode"
@@ -163,4 +164,11 @@ def save(sandbox_dir: Path, mode: str) -> None:
             pass
 
 
-__all__ = ["MODES", "choose", "Wrapper", "kill_command", "parse_handle", "load", "save", "PROBE"]
+def remembered(sandbox_dir: Path) -> tuple[str | None, Callable[[str], None]]:
+    """(the sandbox's recorded mode or None, a callback that records a probed one): the two
+    arguments ``SSHSession(exec_mode=..., on_exec_mode=...)`` takes, e.g. in a CLI process that
+    opens its own session: ``mode, remember = remembered(layout.sandbox_dir(sid))``."""
+    return load(sandbox_dir), lambda mode: save(sandbox_dir, mode)
+
+
+__all__ = ["MODES", "choose", "Wrapper", "kill_command", "parse_handle", "load", "save", "remembered", "PROBE"]

@@ -58,19 +58,19 @@ class SessionPool:
 
             session = self.provider.open_session(endpoint, on_new_host_key=remember)
             if self._sandbox_dir is not None and hasattr(session, "use_exec_mode"):
-                where = self._sandbox_dir(info.id)
-                session.use_exec_mode(self._exec_mode(info, where), lambda mode: execmode.save(where, mode))
+                mode, remember = execmode.remembered(self._sandbox_dir(info.id))
+                if mode is None:
+                    mode = self._source_exec_mode(info)
+                    if mode is not None:
+                        remember(mode)
+                session.use_exec_mode(mode, remember)
             self._sessions[info.id] = (endpoint, session, key)
             return session
 
-    def _exec_mode(self, info: SandboxInfo, where: Path) -> Optional[str]:
-        """The sandbox's recorded exec mode, else its clone source's (same image)."""
-        mode = execmode.load(where)
-        if mode is None and info.cloned_from:
-            source = self.store.find_snapshot(info.cloned_from)
-            if source is not None:
-                mode = execmode.load(self._sandbox_dir(source.sandbox_id))
-        return mode
+    def _source_exec_mode(self, info: SandboxInfo) -> Optional[str]:
+        """A clone's source's exec mode (same image), if recorded."""
+        source = self.store.find_snapshot(info.cloned_from) if info.cloned_from else None
+        return execmode.load(self._sandbox_dir(source.sandbox_id)) if source is not None else None
 
     def drop(self, sandbox_id: str) -> None:
         with self._lock:

@@ -140,6 +140,7 @@ def test_session_pool_hands_the_sandbox_mode_and_a_clone_inherits_it(tmp_path):
     assert pool.get(info("sb-src", 1)) is src                       # hot path: same session
     assert pool.get(info("sb-src", 2)).mode == "cgroup"             # moved (rollback): new session, known mode
     assert pool.get(info("sb-clone", 3, "sn-1")).mode == "cgroup"   # a clone starts with its source's
+    assert execmode.load(tmp_path / "sb-clone") == "cgroup"         # and keeps it when the source goes
     assert pool.get(info("sb-new", 4, "sn-gone")).mode is None
 
 
