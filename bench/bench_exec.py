@@ -9,7 +9,11 @@ exec modes), so before and after are measured in the same rounds. Then the timeo
 ``sleep 300`` with children under ``timeout=0.5``: how long past the deadline until the result
 (the kill channel and the end of the command), and whether anything survived.
 
-    .venv/bin/python bench/bench_exec.py [--box tiny|debian] [--runs 60] [--modes] [--kills 10] [--json FILE]
+    .venv/bin/python bench/bench_exec.py [--box tiny|debian] [--runs 60] [--modes] [--kills 10] [--guest-loops] [--json FILE]
+
+``--guest-loops`` first times, inside the guest, what each way of starting a command costs there
+(loops of 300, clocked with /proc/uptime): a fork, the login shell (`sh -c true`), the setsid
+wrapper's extra execs, and a cgroup move.
 
 Target: core.execute <= 1.15x bare paramiko (median of the per-round ratios).
 """
@@ -66,12 +70,38 @@ def guest_sleepers(session: SSHSession) -> int:
     return int(r.stdout.strip() or 0)
 
 
+GUEST_LOOPS = {
+    "loop overhead": ":",
+    "fork: `(true)`": "(true)",
+    "fork+exec: `sh -c true`": "sh -c true",
+    "`setsid sh -c true`": "setsid sh -c true",
+    "cgroup move there and back": "echo $$ >/sys/fs/cgroup/vmsandbox/0/cgroup.procs; echo $$ >/sys/fs/cgroup/cgroup.procs",
+}
+
+
+def guest_loops(session: SSHSession, n: int = 300) -> dict:
+    """Milliseconds per iteration of each ``GUEST_LOOPS`` body, run in the guest."""
+    out = {}
+    for name, body in GUEST_LOOPS.items():
+        if "cgroup" in name and session.exec_mode != "cgroup":
+            continue
+        r = session.execute(f"read a _ </proc/uptime; i=0; while [ $i -lt {n} ]; do {body}; i=$((i+1)); done; "
+                            "read b _ </proc/uptime; echo $a $b", timeout=300)
+        try:
+            a, b = map(float, r.stdout.split())
+        except ValueError:
+            continue
+        out[name] = (b - a) * 1000 / n
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--box", default="tiny")
     ap.add_argument("--runs", type=int, default=60)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--modes", action="store_true", help="also time each exec mode the guest supports")
+    ap.add_argument("--guest-loops", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -99,6 +129,12 @@ def main() -> int:
             return s
 
         own = session(mode)
+        if args.guest_loops:
+            loops = guest_loops(own)
+            print(f"\n## in the guest: ms per iteration (load average {os.getloadavg()[0]:.2f})\n| what | ms |\n|---|---|")
+            for name, v in loops.items():
+                print(f"| {name} | {v:.2f} |")
+            results["guest_loops"] = loops
         client = paramiko_client(info.ssh_port, box, info.host_key or box.host_key)
         sides = Sides(runs=args.runs, warmup=3)
         sides.add("core.execute", lambda: core.execute(sid, "true"))
