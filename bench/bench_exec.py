@@ -140,6 +140,9 @@ def main() -> int:
         sides.add("core.execute", lambda: core.execute(sid, "true"))
         sides.add("SSHSession.execute", lambda: own.execute("true"))
         sides.add("paramiko", lambda: bare(client))
+        # the same command line SSHSession sends, run by paramiko: splits the guest's share from the host's
+        wrapped = own._command_wrapper().command("true")
+        sides.add("paramiko + wrapper", lambda: bare(client, wrapped))
         others = {}
         if args.modes:
             wanted = ["setsid", "fork"] + (["cgroup"] if mode == "cgroup" else [])
@@ -152,6 +155,10 @@ def main() -> int:
         print(f"\n## exec `true` on one {args.box} guest, exec mode {mode} (load average {load[0]:.2f})")
         results["core"] = report("core.execute vs paramiko", samples, "core.execute", "paramiko", target=TARGET)
         results["session"] = report("SSHSession.execute vs paramiko", samples, "SSHSession.execute", "paramiko")
+        results["wrapper"] = report("paramiko running the wrapper's command line vs bare", samples,
+                                    "paramiko + wrapper", "paramiko")
+        results["session_vs_wrapper"] = report("SSHSession.execute vs paramiko running the same command line",
+                                               samples, "SSHSession.execute", "paramiko + wrapper")
         results["core_vs_session"] = report("core.execute vs SSHSession.execute", samples, "core.execute",
                                             "SSHSession.execute")
         for m in others:
