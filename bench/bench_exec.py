@@ -58,9 +58,12 @@ def paramiko_client(port: int, box, host_key: str) -> paramiko.SSHClient:
     return client
 
 
-def bare(client: paramiko.SSHClient, command: str = "true") -> int:
-    """paramiko's exec_command as a user of paramiko writes it: run, read to EOF, exit status."""
+def bare(client: paramiko.SSHClient, command: str = "true", eof: bool = False) -> int:
+    """paramiko's exec_command as a user of paramiko writes it: run, read to EOF, exit status
+    (``eof``: also close the command's stdin, as SSHSession does)."""
     _, stdout, _ = client.exec_command(command)
+    if eof:
+        stdout.channel.shutdown_write()
     stdout.read()
     return stdout.channel.recv_exit_status()
 
@@ -143,6 +146,7 @@ def main() -> int:
         # the same command line SSHSession sends, run by paramiko: splits the guest's share from the host's
         wrapped = own._command_wrapper().command("true")
         sides.add("paramiko + wrapper", lambda: bare(client, wrapped))
+        sides.add("paramiko + wrapper + EOF", lambda: bare(client, wrapped, eof=True))
         others = {}
         if args.modes:
             wanted = ["setsid", "fork"] + (["cgroup"] if mode == "cgroup" else [])
@@ -157,6 +161,8 @@ def main() -> int:
         results["session"] = report("SSHSession.execute vs paramiko", samples, "SSHSession.execute", "paramiko")
         results["wrapper"] = report("paramiko running the wrapper's command line vs bare", samples,
                                     "paramiko + wrapper", "paramiko")
+        results["eof"] = report("closing stdin (EOF): paramiko running the wrapper's line, with vs without", samples,
+                                "paramiko + wrapper + EOF", "paramiko + wrapper")
         results["session_vs_wrapper"] = report("SSHSession.execute vs paramiko running the same command line",
                                                samples, "SSHSession.execute", "paramiko + wrapper")
         results["core_vs_session"] = report("core.execute vs SSHSession.execute", samples, "core.execute",
