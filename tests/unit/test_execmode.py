@@ -4,8 +4,8 @@ test_ssh.py): same output, exit codes, stdin, env and working directory, and a t
 children, grandchildren, a double-forked child and a nohup child.
 
 ``leader`` runs on a second server whose login shell leads its own session, as OpenSSH's does.
-The cgroup mode uses this machine's cgroup v2 (as root, like the tiny box); the slots it makes
-are removed at the end.
+The cgroup mode uses this machine's cgroup v2 (as root, like the tiny box); conftest.py removes
+the slots it makes at the end of the session.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from vmsandbox import execmode
 from vmsandbox.sessions import SessionPool
 from vmsandbox.ssh import SSHSession, _PgidLine
 
-from .test_ssh import REQUIRED, DropbearServer, cgroup2_mount, process_gone, remove_cgroup_slots
+from .test_ssh import REQUIRED, DropbearServer, process_gone
 
 real_server = pytest.mark.skipif(
     os.geteuid() != 0 or any(shutil.which(tool) is None for tool in (*REQUIRED, "setsid")),
@@ -159,7 +159,6 @@ class LeaderDropbear(DropbearServer):
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    made = not Path(cgroup2_mount() or "/nonexistent", "vmsandbox").exists()
     plain = DropbearServer(tmp_path_factory.mktemp("dropbear"))
     leader = LeaderDropbear(tmp_path_factory.mktemp("leader"))
     plain.start()
@@ -167,8 +166,6 @@ def servers(tmp_path_factory):
     yield {"plain": plain, "leader": leader}
     plain.stop()
     leader.stop()
-    if made:
-        remove_cgroup_slots()
 
 
 def _probed_mode(server) -> str:

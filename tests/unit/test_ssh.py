@@ -111,43 +111,10 @@ class DropbearServer:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    made = not Path(cgroup2_mount() or "/nonexistent", "vmsandbox").exists()
     srv = DropbearServer(tmp_path_factory.mktemp("dropbear"))
     srv.start()
     yield srv
     srv.stop()
-    if made:
-        remove_cgroup_slots()
-
-
-def cgroup2_mount() -> str | None:
-    for line in Path("/proc/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[2] == "cgroup2":
-            return fields[1]
-    return None
-
-
-def remove_cgroup_slots() -> None:
-    """Remove the slot cgroups the exec mode ``cgroup`` made on this machine (the test dropbear runs
-    as root here, as in the tiny box)."""
-    root = cgroup2_mount()
-    if root is None:
-        return
-    top = Path(root, "vmsandbox")
-    for slot in top.glob("[0-9]*"):
-        for _ in range(50):
-            try:
-                slot.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:                 # EBUSY until its killed processes are reaped
-                time.sleep(0.1)
-    try:
-        top.rmdir()
-    except OSError:
-        pass
 
 
 @pytest.fixture
