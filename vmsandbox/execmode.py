@@ -82,20 +82,20 @@ PROBE = ("read -r _p _c _s _pp _g _r </proc/$$/stat && echo \"stat $_p $_g\"; "
 
 
 def choose(probe_output: str) -> str:
-    """The mode for a guest, from what ``PROBE`` printed there."""
-    words = probe_output.split()
-    leader = None
-    if "stat" in words:
-        i = words.index("stat")
-        pid, pgid = words[i + 1:i + 3] if len(words) >= i + 3 else ("", "")
-        leader = pid.isdigit() and pid == pgid
-    if leader:
+    """The mode for a guest, from what ``PROBE`` printed there (a login shell's greeting may come
+    first: only whole lines count)."""
+    lines = probe_output.splitlines()
+    stat = next((fields for fields in map(str.split, lines)
+                 if len(fields) == 3 and fields[0] == "stat" and fields[1].isdigit() and fields[2].isdigit()), None)
+    if stat is None:
+        return "fork"                 # no /proc to tell: the wrapper that works anywhere
+    if stat[1] == stat[2]:
         return "leader"
-    if leader is not None and "has-cgroup-kill" in words:
+    if "has-cgroup-kill" in lines:
         return "cgroup"
-    if leader is not None and "has-setsid" in words:
+    if "has-setsid" in lines:
         return "setsid"
-    return "fork"                     # no /proc to tell: the wrapper that works anywhere
+    return "fork"
 
 
 class Wrapper:

@@ -43,7 +43,8 @@ TREE = ("echo $$ >{d}/pids; sleep 300 & echo $! >>{d}/pids; sh -c 'sleep 301 & e
     ("stat 161 160\n", "fork"),                                    # no setsid
     ("has-setsid\nhas-cgroup-kill\n", "fork"),                     # no /proc: cannot tell
     ("", "fork"),
-    ("stat 12 x\nhas-setsid\n", "setsid"),
+    ("stat 12 x\nhas-setsid\n", "fork"),                           # unreadable stat line
+    ("Welcome! stat 1 1\nstat counts\nstat 161 160\nhas-setsid\n", "setsid"),   # a greeting first
 ])
 def test_choose(output, mode):
     assert execmode.choose(output) == mode
