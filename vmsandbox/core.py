@@ -71,7 +71,7 @@ class SandboxCore:
         sources = BoxSources(lambda: self.boxes, self.router)
         self._validator = None
         self.sessions = sessions or SessionPool(self.router, self.store, lambda: sources,
-                                                sb.boot_timeout_seconds)
+                                                sb.boot_timeout_seconds, self.layout.sandbox_dir)
         self.ops = Operations(self.store, self.layout, lock_wait=float(sb.boot_timeout_seconds))
         self.tree = LayerTree(self.store, self.router, self.layout)
         self.lifecycle = Lifecycle(self.config, self.store, self.layout, self.router, self.sessions, self.tree,
@@ -313,9 +313,10 @@ class SandboxCore:
             raise
         result = replace(result, command=command, sandbox=info.name, started_at=started_at,
                          assessment=assessment.to_dict() if assessment is not None else None)
-        self.store.touch(info.id)
-        self.store.audit("execute", "timeout" if result.timed_out else "ok", info, command=command,
-                         exit_code=result.exit_code, seconds=round(result.duration, 3), truncated=result.truncated)
+        with self.store.transaction(immediate=True):        # one commit for both (hot path)
+            self.store.touch(info.id)
+            self.store.audit("execute", "timeout" if result.timed_out else "ok", info, command=command,
+                             exit_code=result.exit_code, seconds=round(result.duration, 3), truncated=result.truncated)
         if result.timed_out and raise_on_timeout:
             raise CommandTimeout(f"command timed out after {to:g} s and was killed: {command[:120]}", result, to)
         return result

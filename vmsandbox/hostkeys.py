@@ -154,7 +154,7 @@ def rotate_session(session: Any, timeout: float = 30) -> str:
 def _restart_listener(session: Any, old_key: str, pid: str, timeout: float) -> None:
     from .ssh import SSHSession
     with SSHSession(session.host, session.port, session.username, session.key_path, old_key,
-                    connect_timeout=session.connect_timeout) as old:
+                    connect_timeout=session.connect_timeout, exec_mode=getattr(session, "exec_mode", None)) as old:
         old.wait_ready(timeout)
         _run(old, f"set -- {_quote(pid)}\n{_RESTART}", timeout=timeout)
 

@@ -5,9 +5,10 @@ Owns every use of paramiko in vmsandbox; paramiko and socket errors are mapped h
 ``ProviderError`` (``GuestUnreachableError`` when a guest never answers) and ``SecurityError``
 (host-key mismatch). Guests run busybox + dropbear without sftp-server, so copies use ``cat``.
 
-How a command runs: the requested script is started as its own session (``setsid``) and first
-prints that session's process-group id on stdout (stripped before anyone sees it), so a timeout
-can kill the command and all its children from a second channel without killing the connection.
+How a command runs: the requested script first prints a kill handle on stdout (its process
+group, or the cgroup slot it moved into; stripped before anyone sees it), so a timeout can kill
+the command and all its children from a second channel without killing the connection. How the
+handle is made depends on the guest (``execmode``: probed once per sandbox, not per connection).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from vmsandbox._paramiko import paramiko   # without invoke: see there
 
+from vmsandbox import execmode
 from vmsandbox.filecopy import get as copy_out, put as copy_in
 from vmsandbox._safe_text import visible
 from vmsandbox.exceptions import (
@@ -47,18 +49,8 @@ _PGID_GRACE = 2.0                   # after a timeout, how long to wait for the 
 _CONSOLE_TAIL_LINES = 15
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-# Runs SCRIPT (passed as $1) in a new session that first prints its pid (= its process-group id)
-# after a marker. setsid runs as a child of the outer shell, never exec'd: a process-group leader
-# (OpenSSH makes the login shell one) would make setsid fork and return at once. `eval "shift; $1"`
-# keeps a syntax error in SCRIPT after the marker and clears $1 before SCRIPT runs.
-_PGID_MARK = b"\x1evmsandbox-pgid:"
-_SESSION = """'printf "\\036vmsandbox-pgid:%s\\n" $$; eval "shift; $1"' sh"""
-_FORK_WRAPPER = (f"if command -v setsid >/dev/null; then setsid sh -c {_SESSION} {{script}}; "
-                 f"else sh -c {_SESSION} {{script}}; fi; exit $?")
-# When the login shell does not lead its process group (dropbear), setsid can replace it: one
-# process fewer per command (a fork costs ms under TCG). Probed once per connection.
-_EXEC_WRAPPER = f"exec setsid sh -c {_SESSION} {{script}}"
-_PROBE = "cat /proc/$$/stat 2>/dev/null; echo; command -v setsid >/dev/null && echo has-setsid"
+_PGID_MARK = execmode.MARK + b"pgid:"
+_FORK_WRAPPER = execmode.FORK_WRAPPER        # the wrapper that works on any POSIX guest (containers use it)
 
 
 class _TransportFault(ProviderError):
@@ -79,7 +71,9 @@ class SSHSession:
 
     def __init__(self, host: str, port: int, username: str, key_path: Path, host_key: str | None,
                  connect_timeout: float = 10.0,
-                 on_new_host_key: Callable[[str], None] | None = None) -> None:
+                 on_new_host_key: Callable[[str], None] | None = None,
+                 exec_mode: str | None = None,
+                 on_exec_mode: Callable[[str], None] | None = None) -> None:
         self.host = host
         self.port = port
         self.username = username
@@ -90,13 +84,29 @@ class SSHSession:
         self._pkey = _load_private_key(self.key_path)
         self._lock = threading.Lock()
         self._transport: paramiko.Transport | None = None
-        self._wrapper: str | None = None           # chosen by ``_command_wrapper`` per connection
+        # How commands start (``execmode``): known for the sandbox (``exec_mode``), else probed on
+        # first use and handed to ``on_exec_mode`` so the sandbox remembers it.
+        self._wrapper: execmode.Wrapper | None = execmode.Wrapper(exec_mode) if exec_mode else None
+        self.on_exec_mode = on_exec_mode
         self._slots = threading.BoundedSemaphore(_MAX_COMMANDS)
+        self._lanes = list(range(_MAX_COMMANDS))   # which of the concurrent commands a command is
         self._probe_lock = threading.Lock()
 
     @property
     def _where(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def use_exec_mode(self, mode: str | None, on_exec_mode: Callable[[str], None] | None) -> None:
+        """Start commands the way ``mode`` says (known for this sandbox; None: probe on first use)
+        and hand a probed mode to ``on_exec_mode``. The same as the constructor's arguments."""
+        self.on_exec_mode = on_exec_mode
+        if mode:
+            self._wrapper = execmode.Wrapper(mode)
+
+    @property
+    def exec_mode(self) -> str | None:
+        """How commands start in this guest (an ``execmode.MODES`` name; None until probed)."""
+        return self._wrapper.mode if self._wrapper else None
 
     @property
     def where(self) -> str:
@@ -148,7 +158,14 @@ class SSHSession:
                 f"guest at {self._where} did not answer SSH within {elapsed:.1f}s (last error: {exc})"
                 + _console_tail(console_log),
                 console_log=str(console_log) if console_log else None) from exc
-        self._command_wrapper()       # ready means a command runs; also picks the wrapper off the hot path
+        # Ready means a command runs: the probe when the mode is not known yet, else an empty
+        # command, which also makes the cgroup slots on a freshly booted guest (off the hot path).
+        if self._wrapper is None:
+            self._command_wrapper(deadline)
+        elif self._run(":", None, _discard, _discard, max(deadline - time.monotonic(), 1.0)) is None:
+            raise GuestUnreachableError(f"guest at {self._where} accepted SSH but did not run a command "
+                                        f"within {timeout:.0f}s" + _console_tail(console_log),
+                                        console_log=str(console_log) if console_log else None)
         waited = time.monotonic() - started
         log.debug("ssh %s ready after %.2fs", self._where, waited)
         return waited
@@ -177,7 +194,6 @@ class SSHSession:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        self._wrapper = None
 
     def _connect(self, banner_timeout: float, timeout: float) -> paramiko.Transport:
         """Open, verify and authenticate a new transport (caller holds the lock)."""
@@ -276,15 +292,15 @@ class SSHSession:
                 log.debug("ssh %s: connection dead (%s), reopening", self._where, exc)
                 failed = transport
 
-    def _command_wrapper(self, deadline: float | None = None) -> str:
-        """The wrapper that starts commands in their own session on this server (probed once,
-        by one thread: the others wait for its answer)."""
+    def _command_wrapper(self, deadline: float | None = None) -> execmode.Wrapper:
+        """How commands start on this guest (probed once, by one thread: the others wait for its
+        answer)."""
         with self._probe_lock:
             return self._wrapper or self._probe_wrapper(deadline)
 
-    def _probe_wrapper(self, deadline: float | None) -> str:
+    def _probe_wrapper(self, deadline: float | None) -> execmode.Wrapper:
         if self._wrapper is None:
-            channel = self._open_channel(_PROBE, deadline)
+            channel = self._open_channel(execmode.PROBE, deadline)
             channel.settimeout(max(0.05, (deadline or time.monotonic() + self.connect_timeout) - time.monotonic()))
             try:
                 out = b""
@@ -299,14 +315,10 @@ class SSHSession:
                 raise ProviderError(f"connection to {self._where} failed: {exc}") from exc
             finally:
                 channel.close()
-            text = out.decode(errors="replace")
-            stat = text.split("\n", 1)[0]
-            pid, _, rest = stat.partition(" ")
-            fields = rest.rpartition(") ")[2].split()
-            leader = len(fields) < 3 or fields[2] == pid
-            self._wrapper = _FORK_WRAPPER if leader or "has-setsid" not in text else _EXEC_WRAPPER
-            log.debug("ssh %s: commands start %s", self._where,
-                      "with exec setsid" if self._wrapper is _EXEC_WRAPPER else "in a forked session")
+            self._wrapper = execmode.Wrapper(execmode.choose(out.decode(errors="replace")))
+            log.debug("ssh %s: exec mode %s", self._where, self._wrapper.mode)
+            if self.on_exec_mode is not None:
+                self.on_exec_mode(self._wrapper.mode)
         return self._wrapper
 
     # ----------------------------------------------------------------- commands
@@ -349,15 +361,18 @@ class SSHSession:
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._slots.acquire(timeout=None if deadline is None else max(0.0, deadline - time.monotonic())):
             raise _Deadline(f"{_MAX_COMMANDS} commands already run on {self._where} and none ended in time")
+        lane = self._lanes.pop()                  # list.pop/append are atomic; the semaphore bounds them
         try:
-            return self._run_in_slot(script, stdin_chunks, on_stdout, on_stderr, timeout, deadline)
+            return self._run_in_slot(script, stdin_chunks, on_stdout, on_stderr, timeout, deadline, lane)
         finally:
+            self._lanes.append(lane)
             self._slots.release()
 
     def _run_in_slot(self, script: str, stdin_chunks: Iterable[bytes] | None, on_stdout: Callable[[bytes], None],
-                     on_stderr: Callable[[bytes], None], timeout: float | None, deadline: float | None) -> int | None:
+                     on_stderr: Callable[[bytes], None], timeout: float | None, deadline: float | None,
+                     lane: int = 0) -> int | None:
         wrapper = self._wrapper or self._command_wrapper(deadline)
-        channel = self._open_channel(wrapper.format(script=shlex.quote(script)), deadline)
+        channel = self._open_channel(wrapper.command(script, lane), deadline)
         pgid = _PgidLine(on_stdout)
         feeder = _Feeder(channel, stdin_chunks)
         finished = False
@@ -381,7 +396,7 @@ class SSHSession:
                 select.select([channel], [], [], wait)
             if timed_out:
                 pgid.flush()
-                self._kill_group(channel.get_transport(), pgid.value)
+                self._kill_group(channel.get_transport(), pgid.value, pgid.kind)
                 finished = True
                 return None
             while channel.recv_ready():               # whatever arrived just before EOF
@@ -401,19 +416,20 @@ class SSHSession:
             raise ProviderError(f"connection to {self._where} failed during a command: {exc}") from exc
         finally:
             if not finished and pgid.value is not None:   # interrupted (Ctrl-C, a callback raised)
-                self._kill_quietly(channel.get_transport(), pgid.value)
+                self._kill_quietly(channel.get_transport(), pgid.value, pgid.kind)
             channel.close()
             feeder.join()
 
-    def _kill_quietly(self, transport: paramiko.Transport, pgid: int) -> None:
+    def _kill_quietly(self, transport: paramiko.Transport, pgid: int, kind: str = "pgid") -> None:
         try:
-            self._kill_group(transport, pgid)
+            self._kill_group(transport, pgid, kind)
         except ProviderError as exc:
-            log.debug("ssh %s: could not kill process group %d: %s", self._where, pgid, exc)
+            log.debug("ssh %s: could not kill %s %d: %s", self._where, kind, pgid, exc)
 
-    def _kill_group(self, transport: paramiko.Transport, pgid: int | None) -> None:
-        """Kill a command's process group from a second channel on the same connection (a new
-        connection could reach a rebooted guest, where that number means another process).
+    def _kill_group(self, transport: paramiko.Transport, pgid: int | None, kind: str = "pgid") -> None:
+        """Kill a command's process group (or cgroup slot: ``kind``) from a second channel on the
+        same connection (a new connection could reach a rebooted guest, where that number means
+        another process).
         Bounded by ``_KILL_TIMEOUT``: a server that does not answer gets its connection closed
         (the next command reconnects) and the kill is reported unconfirmed, never waited for."""
         if pgid is None:
@@ -423,7 +439,7 @@ class SSHSession:
         try:
             channel = transport.open_session(timeout=_KILL_TIMEOUT)
             try:
-                channel.exec_command(f"kill -9 -{pgid} 2>/dev/null || kill -9 {pgid}")
+                channel.exec_command(execmode.kill_command(kind, pgid))
                 channel.shutdown_write()
                 if not channel.status_event.wait(_KILL_TIMEOUT) or channel.recv_exit_status() != 0:
                     log.warning("ssh %s: could not confirm the kill of process group %d", self._where, pgid)
@@ -494,12 +510,15 @@ class _CappedBuffer:
 
 
 class _PgidLine:
-    """Takes the wrapper's marker line (the process-group id) out of stdout. Output before it
-    (a chatty login shell) is passed on; without it after 64 KiB, everything is passed on."""
+    """Takes the wrapper's marker line (the kill handle: ``kind`` "pgid" or "cgroup" and its
+    number ``value``) out of stdout. Output before it (a chatty login shell) is passed on; without
+    it after 64 KiB, everything is passed on. The first marker is the wrapper's: it prints it
+    before the script runs."""
 
     def __init__(self, on_stdout: Callable[[bytes], None]) -> None:
         self.on_stdout = on_stdout
         self.value: int | None = None
+        self.kind = "pgid"
         self._head: bytes | None = b""       # None once the marker was found or given up on
 
     def feed(self, chunk: bytes) -> None:
@@ -507,11 +526,13 @@ class _PgidLine:
             self.on_stdout(chunk)
             return
         self._head += chunk
-        start = self._head.find(_PGID_MARK)
+        start = self._head.find(execmode.MARK)
         end = self._head.find(b"\n", start) if start >= 0 else -1
         if end >= 0:
-            self.value = int(self._head[start + len(_PGID_MARK):end])
-            self._head = self._head[:start] + self._head[end + 1:]
+            handle = execmode.parse_handle(self._head[start + len(execmode.MARK):end])
+            if handle is not None:
+                self.kind, self.value = handle
+                self._head = self._head[:start] + self._head[end + 1:]
             self.flush()
         elif len(self._head) > 64 << 10:
             self.flush()
@@ -554,6 +575,10 @@ class _Feeder:
         self.join()
         if self._error is not None:
             raise ProviderError(f"reading the data to send failed: {self._error}") from self._error
+
+
+def _discard(_chunk: bytes) -> None:
+    pass
 
 
 def _shell_script(command: str, working_dir: str | None, env: Mapping[str, str] | None) -> str:

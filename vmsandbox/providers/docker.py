@@ -495,6 +495,9 @@ class DockerSession(SSHSession):
     def _where(self) -> str:
         return f"container {self.container}"
 
+    def use_exec_mode(self, mode: str | None, on_exec_mode: Callable[[str], None] | None = None) -> None:
+        """Containers always start commands with the fork wrapper: nothing to remember."""
+
     def wait_ready(self, timeout: float, console_log: Path | None = None,
                    progress: Callable[[float], None] | None = None) -> float:
         """Wait until a command runs in the container; GuestUnreachableError when it does not."""
