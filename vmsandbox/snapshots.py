@@ -191,7 +191,9 @@ class SnapshotManager:
         fault_point("rollback:begun")
         op.update(state=SandboxState.ROLLING_BACK)
         new_ref = None
+        frozen = False
         try:
+            frozen = self._freeze(info)
             new_ref = self.provider.new_layer(base.ref)
             op.step("layer", new_ref=new_ref)
             fault_point("rollback:overlay")
@@ -203,6 +205,8 @@ class SnapshotManager:
             fault_point("rollback:started")
         except BaseException:
             self._undo_start(new_domain, new_ref, new_port)
+            if frozen:
+                self._thaw(info.domain)
             op.done()
             raise
         # Commit point: from here on the new machine is the sandbox.
@@ -233,6 +237,24 @@ class SnapshotManager:
                 self.provider.restore_machine(memory_ref, spec)
         else:
             self.provider.start_machine(spec)
+
+    def _freeze(self, info: SandboxInfo) -> bool:
+        """Pause the guest a rollback replaces, so that it takes no CPU from its successor's start
+        (it may be the runaway the rollback is for); whether it was paused."""
+        if info.state is not SandboxState.RUNNING or Capability.PAUSE not in self.provider.capabilities:
+            return False
+        try:
+            self.provider.pause_machine(info.domain)
+        except SandboxError as exc:       # a guest that cannot be paused is replaced all the same
+            log.warning("could not pause %s before its rollback: %s", info.domain, exc)
+            return False
+        return True
+
+    def _thaw(self, domain: str) -> None:
+        try:
+            self.provider.resume_machine(domain)
+        except SandboxError as exc:
+            log.error("could not resume %s after a failed rollback: %s", domain, exc)
 
     def _undo_start(self, domain: str, layer_ref: Optional[str], port: int) -> None:
         try:
@@ -371,6 +393,8 @@ class SnapshotManager:
                 self.store.journal_end(e["id"])
                 return f"rollback of {e['sandbox_id']}: old guest {d['old_domain']} retired"
             self._undo_start(d["new_domain"], d.get("new_ref"), d["new_port"])
+            if d["prior_state"] == SandboxState.RUNNING.value and self.provider.machine_state(d["old_domain"]) == "paused":
+                self._thaw(d["old_domain"])          # paused by _freeze
             if info is not None:
                 self.store.update_sandbox(info.id, state=SandboxState(d["prior_state"]))
             self.store.journal_end(e["id"])
