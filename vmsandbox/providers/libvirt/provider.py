@@ -42,6 +42,7 @@ _STATES = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+_KEPT_HANDLES = 256
 _UNREACHABLE = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
                 libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_RPC}
 
@@ -210,6 +211,8 @@ class LibvirtProvider(Provider):
         with self._lock:
             if dom.connect() is self._conn:
                 self._handles[name] = dom
+                if len(self._handles) > _KEPT_HANDLES:    # a long-lived process (the service) pauses guests
+                    del self._handles[next(iter(self._handles))]     # others destroy: forget the oldest
 
     def _forget(self, name: str, dom: "Optional[libvirt.virDomain]" = None) -> bool:
         """Drop the kept handle of ``name`` (only if it is ``dom``, when given); whether one was dropped."""
