@@ -12,11 +12,15 @@
    the code in TREE (a checkout, e.g. ``git worktree add /tmp/before main``) in turn, order
    alternated, each in its own process; ``--busy`` starts a CPU burner in the guest before each
    rollback (the runaway a rollback is often for).
+3. ``--only retire-ab`` (not in the default run): in one chain, rollbacks started at once (the
+   previous guest's retirement in flight) interleaved with rollbacks started after waiting for
+   it, ratio per round: whether the retirement slows the next operation.
 
-Both parts count libvirt calls per rollback (every ``virConnect``/``virDomain`` method but the
+Parts 1 and 2 count libvirt calls per rollback (every ``virConnect``/``virDomain`` method but the
 local ``isAlive``/``connect``), on the caller's thread and in the background.
 
-    .venv/bin/python bench/bench_rollback.py [--runs 15] [--chain 20] [--rounds 2] [--before TREE] [--busy] [--json FILE]
+    .venv/bin/python bench/bench_rollback.py [--runs 15] [--chain 20] [--rounds 2] [--before TREE] [--busy]
+                                             [--only compare|back-to-back|retire-ab] [--json FILE]
 """
 from __future__ import annotations
 
@@ -222,7 +226,7 @@ def compare(args) -> dict:
             image, overlay = Path(state) / f"raw{n[0]}.save", Path(state) / f"raw{n[0]}.qcow2"
             shutil.copyfile(snap.memory_ref, image)
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", str(overlay)], check=True)
-            spec = core.lifecycle.spec(info, name=name, uuid=str(uuid.uuid4()), ssh_port=port, layer=str(overlay),
+            spec = core.lifecycle.spec(core.store.get_sandbox(sid), name=name, uuid=str(uuid.uuid4()), ssh_port=port, layer=str(overlay),
                                        console_log=Path(state) / f"raw{n[0]}.log")
             savefile.write_xml(image, savefile.adapt_xml(savefile.read_xml(image), spec))
             try:
@@ -256,6 +260,44 @@ def compare(args) -> dict:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def retire_ab(args) -> dict:
+    """Does the previous guest's retirement slow the next rollback? Interleaved in one chain: a
+    rollback started at once (the previous retirement in flight) vs one started after waiting for
+    it (untimed)."""
+    from vmsandbox import SandboxCore
+    state = tempfile.mkdtemp(prefix="vmsbx-bench-", dir="/var/tmp")
+    os.chmod(state, 0o711)
+    core = SandboxCore(config={"sandbox": {"state_directory": state, "box_directory": BOX_DIR,
+                                           "domain_prefix": "vbr" + uuid.uuid4().hex[:4] + "-"},
+                               "monitoring": {"enabled": False}, "rollback": {"retention_days": 0}})
+    sid = None
+    try:
+        sid = core.create_sandbox("ab")
+        snap = core.create_snapshot(sid, "s", memory=True)
+
+        def rollback() -> float:
+            t = time.perf_counter()
+            core.rollback(sid, snap)
+            assert core.execute(sid, "true").exit_code == 0
+            return time.perf_counter() - t
+
+        def waited() -> float:
+            core.snapshots.wait_background()
+            return rollback()
+        samples = Sides(runs=args.runs, warmup=1).add("retirement in flight", rollback).add("retirement waited for", waited).run()
+        load = os.getloadavg()[0]
+        out = report(f"rollback -> first command with the previous guest's retirement in flight or not (load {load:.2f})",
+                     samples, "retirement in flight", "retirement waited for")
+        out["load"] = load
+        return out
+    finally:
+        core.snapshots.wait_background()
+        if sid:
+            core.destroy(sid)
+        core.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=15, help="interleaved rounds of part 1")
@@ -263,13 +305,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="chains per code version in part 2")
     ap.add_argument("--before", type=Path, help="checkout of the code to compare part 2 against")
     ap.add_argument("--busy", action="store_true", help="a CPU burner runs in the guest before each rollback")
-    ap.add_argument("--only", choices=("compare", "back-to-back"))
+    ap.add_argument("--only", choices=("compare", "back-to-back", "retire-ab"))
     ap.add_argument("--json")
     args = ap.parse_args()
     results = {}
-    if args.only != "back-to-back":
+    if args.only == "retire-ab":
+        results["retire_ab"] = retire_ab(args)
+    if args.only in (None, "compare"):
         results["compare"] = compare(args)
-    if args.only != "compare":
+    if args.only in (None, "back-to-back"):
         results["back_to_back"] = back_to_back(args)
     write_json(args.json, **results)
 

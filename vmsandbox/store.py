@@ -242,7 +242,9 @@ class TreeStore:
                        (id, operation, sandbox_id, "begun", json.dumps(data), os.getpid(), time.time()))
 
     def journal_step(self, id: str, step: str, **data: Any) -> None:
-        with self.transaction() as db:
+        # read-then-write: a deferred transaction gets SQLITE_BUSY at once (no busy wait) when
+        # another thread commits in between (a rollback's step beside the previous retirement)
+        with self.transaction(immediate=True) as db:
             row = db.execute("SELECT data FROM journal WHERE id=?", (id,)).fetchone()
             merged = {**json.loads(row["data"]), **data} if row else data
             db.execute("UPDATE journal SET step=?, data=? WHERE id=?", (step, json.dumps(merged), id))
