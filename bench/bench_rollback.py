@@ -316,6 +316,9 @@ def main() -> None:
     if args.only in (None, "back-to-back"):
         results["back_to_back"] = back_to_back(args)
     write_json(args.json, **results)
+    after = results.get("back_to_back", {}).get("after")
+    if after and after["p95_over_median"] > 1.3:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
