@@ -117,7 +117,7 @@ class LayerTree:
         layers = {l.id: l for l in self.store.list_layers()}
         problems = []
         for l in layers.values():
-            if l.ref in busy:
+            if l.ref in busy or l.id in busy:     # by id: a rollback's retirement removes its old active layer
                 continue
             if l.parent and l.parent not in layers:
                 problems.append(f"layer {l.id} stands on unknown layer {l.parent}")

@@ -219,7 +219,9 @@ class SnapshotManager:
         fault_point("rollback:begun")
         op.update(state=SandboxState.ROLLING_BACK)
         new_ref = None
+        frozen = False
         try:
+            frozen = self.freeze_old_guest(info)
             new_ref = self.provider.new_layer(base.ref)
             op.step("layer", new_ref=new_ref)
             fault_point("rollback:overlay")
@@ -231,6 +233,8 @@ class SnapshotManager:
             fault_point("rollback:started")
         except BaseException:
             self._undo_start(new_domain, new_ref, new_port)
+            if frozen:
+                self.thaw_old_guest(info.domain)
             op.done()
             raise
         # Commit point: from here on the new machine is the sandbox.
@@ -243,7 +247,7 @@ class SnapshotManager:
         fault_point("rollback:committed")
         self.sessions.drop(info.id)
         journal_id, op.journal_id = op.journal_id, None
-        self._retire(journal_id, info.domain, info.active_layer)
+        self.retire(journal_id, info.domain, info.active_layer)
         try:
             self.lifecycle.wait_ready(op.info, progress)
             if row.has_memory:
@@ -262,6 +266,24 @@ class SnapshotManager:
         else:
             self.provider.start_machine(spec)
 
+    def freeze_old_guest(self, info: SandboxInfo) -> bool:
+        """Pause the guest a rollback replaces, so that it takes no CPU from its successor's start
+        (it may be the runaway the rollback is for); whether it was paused."""
+        if info.state is not SandboxState.RUNNING or Capability.PAUSE not in self.provider.capabilities:
+            return False
+        try:
+            self.provider.pause_machine(info.domain)
+        except SandboxError as exc:       # a guest that cannot be paused is replaced all the same
+            log.warning("could not pause %s before its rollback: %s", info.domain, exc)
+            return False
+        return True
+
+    def thaw_old_guest(self, domain: str) -> None:
+        try:
+            self.provider.resume_machine(domain)
+        except SandboxError as exc:
+            log.error("could not resume %s after a failed rollback: %s", domain, exc)
+
     def _undo_start(self, domain: str, layer_ref: Optional[str], port: int) -> None:
         try:
             self.provider.destroy_machine(domain)
@@ -271,7 +293,7 @@ class SnapshotManager:
             self.provider.delete_layer(layer_ref)
         self.store.release_port(port)
 
-    def _retire(self, journal_id: str, domain: str, layer: str) -> None:
+    def retire(self, journal_id: str, domain: str, layer: str) -> None:
         """Destroy the sandbox's previous machine and drop its (unfrozen) active layer, in the background."""
         def work() -> None:
             try:
@@ -441,6 +463,8 @@ class SnapshotManager:
                 self.store.journal_end(e["id"])
                 return f"rollback of {e['sandbox_id']}: old guest {d['old_domain']} retired"
             self._undo_start(d["new_domain"], d.get("new_ref"), d["new_port"])
+            if d["prior_state"] == SandboxState.RUNNING.value and self.provider.machine_state(d["old_domain"]) == "paused":
+                self.thaw_old_guest(d["old_domain"])          # paused by freeze_old_guest
             if info is not None:
                 self.store.update_sandbox(info.id, state=SandboxState(d["prior_state"]))
             self.store.journal_end(e["id"])

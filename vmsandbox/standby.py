@@ -369,10 +369,13 @@ class StandbyManager:
         fault_point("swap:begun")
         if progress:
             progress("resuming the standby")
+        frozen = self.snapshots.freeze_old_guest(info)     # a runaway old guest takes no CPU from the standby
         try:
             self.provider.resume_machine(stb.domain)
         except SandboxError as exc:
             log.warning("standby %s of %s could not be resumed (%s): restoring instead", stb.domain, info.name, exc)
+            if frozen:
+                self.snapshots.thaw_old_guest(info.domain)
             self._destroy(stb)
             op.done()
             self.refill_later(row.id)
@@ -401,7 +404,7 @@ class StandbyManager:
         finally:
             # Only now: tearing the old guest down and restoring the next standby would compete
             # for the CPU with the guest taking over (on 2 loaded cores that doubled its latency).
-            self.snapshots._retire(journal_id, info.domain, info.active_layer)
+            self.snapshots.retire(journal_id, info.domain, info.active_layer)
             self.refill_later(row.id)
         return True
 
@@ -558,6 +561,8 @@ class StandbyManager:
             self.store.journal_end(e["id"])
             return f"rollback of {e['sandbox_id']} by standby {stb.id}: old guest {d['old_domain']} retired"
         self._destroy(stb)
+        if d["prior_state"] == SandboxState.RUNNING.value and self.provider.machine_state(d["old_domain"]) == "paused":
+            self.snapshots.thaw_old_guest(d["old_domain"])          # paused by the swap
         if info is not None:
             self.store.update_sandbox(info.id, state=SandboxState(d["prior_state"]))
         self.store.journal_end(e["id"])

@@ -67,3 +67,28 @@ def test_audit_roundtrip(tmp_path):
     assert [r["operation"] for r in rows] == ["create", "execute"]
     assert rows[1]["detail"]["command"] == "ls"
     assert len(s.read_audit()) == 3
+
+
+def test_journal_step_waits_for_a_writer_in_another_thread(tmp_path):
+    """A step recorded while another thread writes (a rollback beside the previous guest's
+    retirement) waits for it instead of failing with 'database is locked'."""
+    import threading
+    import time
+    s = Store(tmp_path / "state.db")
+    s.journal_begin("op-1", "rollback", None, {"a": 1})
+    holding, done = threading.Event(), threading.Event()
+
+    def writer():
+        with s.transaction(immediate=True):
+            s.journal_begin("op-2", "collect", None, {})
+            holding.set()
+            time.sleep(0.3)
+        done.set()
+    t = threading.Thread(target=writer)
+    t.start()
+    holding.wait(5)
+    s.journal_step("op-1", "layer", new_ref="/x")
+    t.join()
+    assert done.is_set()
+    entry = next(e for e in s.journal_entries() if e["id"] == "op-1")
+    assert entry["step"] == "layer" and entry["data"] == {"a": 1, "new_ref": "/x"}

@@ -42,6 +42,7 @@ _STATES = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+_KEPT_HANDLES = 256
 _UNREACHABLE = {libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
                 libvirt.VIR_ERR_AUTH_FAILED, libvirt.VIR_ERR_RPC}
 
@@ -108,6 +109,9 @@ class LibvirtProvider(Provider):
         self.prefix = config.sandbox.domain_prefix
         self._conn: Optional[libvirt.virConnect] = None
         self._lock = threading.Lock()
+        # name -> handle of the domains this process defined or looked up, so that retiring a guest
+        # costs no lookup; valid for this connection only, dropped when the domain is destroyed
+        self._handles: dict[str, "libvirt.virDomain"] = {}
         self._accel: Optional[tuple[str, str]] = None
 
     # -- plumbing ------------------------------------------------------------------------
@@ -120,6 +124,7 @@ class LibvirtProvider(Provider):
                 except libvirt.libvirtError:
                     pass
                 self._conn = None
+                self._handles.clear()
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
@@ -200,29 +205,55 @@ class LibvirtProvider(Provider):
         except libvirt.libvirtError as exc:
             self._undefine(dom)
             raise _map(exc, f"booting {spec.name}", self.uri) from exc
+        self._keep(spec.name, dom)
         log.debug("started %s (%s)", spec.name, kind)
 
+    def _keep(self, name: str, dom: "libvirt.virDomain") -> None:
+        with self._lock:
+            if dom.connect() is self._conn:
+                self._handles[name] = dom
+                if len(self._handles) > _KEPT_HANDLES:    # a long-lived process (the service) pauses guests
+                    del self._handles[next(iter(self._handles))]     # others destroy: forget the oldest
+
+    def _forget(self, name: str, dom: "Optional[libvirt.virDomain]" = None) -> bool:
+        """Drop the kept handle of ``name`` (only if it is ``dom``, when given); whether one was dropped."""
+        with self._lock:
+            if name in self._handles and (dom is None or self._handles[name] is dom):
+                del self._handles[name]
+                return True
+            return False
+
     def _find(self, name: str) -> "Optional[libvirt.virDomain]":
-        """Our domain ``name``, or None when there is none."""
+        """Our domain ``name`` (the kept handle, else one lookup), or None when there is none."""
         self._own(name)
+        conn = self.conn()
+        with self._lock:
+            dom = self._handles.get(name)
+        if dom is not None:
+            return dom
         try:
-            return self.conn().lookupByName(name)
+            dom = conn.lookupByName(name)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise _map(exc, f"looking up {name}", self.uri) from exc
+        self._keep(name, dom)
+        return dom
 
-    def destroy_machine(self, name: str) -> None:
+    def destroy_machine(self, name: str, _retry: bool = True) -> None:
         dom = self._find(name)
         if dom is None:
             return
         try:
-            if dom.isActive():
-                dom.destroy()
+            dom.destroy()         # no isActive() first: a domain that is not running answers OPERATION_INVALID
         except libvirt.libvirtError as exc:
-            if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+            code = exc.get_error_code()
+            if code in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_INVALID_DOMAIN) and self._forget(name, dom) and _retry:
+                return self.destroy_machine(name, _retry=False)    # a kept handle gone stale: look the name up
+            if code not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
                 raise _map(exc, f"stopping {name}", self.uri) from exc
         self._undefine(dom)
+        self._forget(name, dom)
 
     def _undefine(self, dom: "libvirt.virDomain") -> None:
         flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -263,16 +294,23 @@ class LibvirtProvider(Provider):
                 raise _map(exc, f"stopping {name}", self.uri) from exc
 
     def pause_machine(self, name: str) -> None:
-        try:
-            self._domain(name).suspend()
-        except libvirt.libvirtError as exc:
-            raise _map(exc, f"pausing {name}", self.uri) from exc
+        self._on_kept(name, f"pausing {name}", lambda dom: dom.suspend())
 
     def resume_machine(self, name: str) -> None:
+        self._on_kept(name, f"resuming {name}", lambda dom: dom.resume())
+
+    def _on_kept(self, name: str, doing: str, call: Any, retry: bool = True) -> Any:
+        """``call(dom)`` on domain ``name`` through its kept handle (a rollback pauses its old guest:
+        no lookup), looked up when there is none or the kept one went stale."""
+        dom = self._find(name)
+        if dom is None:
+            raise NotFoundError(f"{doing}: no such domain")
         try:
-            self._domain(name).resume()
+            return call(dom)
         except libvirt.libvirtError as exc:
-            raise _map(exc, f"resuming {name}", self.uri) from exc
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and self._forget(name, dom) and retry:
+                return self._on_kept(name, doing, call, retry=False)
+            raise _map(exc, doing, self.uri) from exc
 
     def set_cpu_quota(self, name: str, fraction: Optional[float]) -> None:
         period = 100_000
@@ -344,10 +382,11 @@ class LibvirtProvider(Provider):
             except OSError as exc:
                 raise ProviderError(f"reading memory state {image}: {exc.strerror}") from exc
         try:     # a restored domain is transient: define it so stop/start and host restarts work
-            self.conn().defineXML(self.machine_xml(spec))
+            dom = self.conn().defineXML(self.machine_xml(spec))
         except libvirt.libvirtError as exc:
             self.destroy_machine(spec.name)
             raise _map(exc, f"defining restored {spec.name}", self.uri) from exc
+        self._keep(spec.name, dom)      # its retirement needs no lookup
 
     def adapt_saved_xml(self, saved_xml: str, spec: MachineSpec) -> str:
         """The XML a saved guest is restored under (``spec``'s identity, disk and port)."""
@@ -512,6 +551,7 @@ class LibvirtProvider(Provider):
                 except libvirt.libvirtError:
                     pass
                 self._conn = None
+            self._handles.clear()
 
 
 def _unlink(path: Optional[str]) -> None:
