@@ -85,6 +85,13 @@ def timed(step: Callable[[], Any]) -> float:
     return float(out) if isinstance(out, float) else elapsed
 
 
+def clocked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the seconds it took, for steps timed one by one (no peer)."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
 def pair_ratios(ours: list[float], peer: list[float]) -> Spread:
     """Ratio of each round's samples (ours / peer), as a spread."""
     return Spread.of([a / b for a, b in zip(ours, peer) if b > 0])
