@@ -34,6 +34,7 @@ def main() -> int:
     args = ap.parse_args()
     before = machine_state("before")
     env = BenchEnv("bk", config={"ssh": {"own_host_key": True}}, start_watchdog=False)
+    (env.state_dir / "direct").rmdir()        # BenchEnv's directory for direct guests (0755): unused here
     # the side without rotation: a second core on the same state directory and prefix
     off = SandboxCore(config={"sandbox": {"state_directory": str(env.state_dir), "box_directory": BOX_DIR,
                                           "domain_prefix": env.prefix, "accelerator": "tcg", "boot_timeout_seconds": 90},
