@@ -95,7 +95,12 @@ def main() -> int:
                 wd.start()
             time.sleep(seconds)
             if side != "off":
+                thread = wd._thread
                 wd.stop()
+                # stop() gives up after one interval while a slow round runs on; a start() then
+                # would leave that thread sampling beside the new one: wait for it to end
+                if thread is not None:
+                    thread.join(60)
                 counts.append((side, wd.rounds - r0, probes[0] - p0))
             c1 = cpu()
             wall = c1[-1] - c0[-1]
