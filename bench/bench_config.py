@@ -1,22 +1,25 @@
 """Cost of the config schema: wall time of `python -c 'import vmsandbox.config'` (the whole
-package loads with it), of importing pydantic alone and of a bare interpreter, as medians of
-interleaved runs; then the time of one `load_config` call.
+package loads with it) against importing pydantic alone and a bare interpreter, interleaved
+rounds (bench/harness.py: order rotated, ratio per round); then the time of one `load_config`.
 
-    .venv/bin/python bench/bench_config.py [--runs 21] [--base DIR]
+    .venv/bin/python bench/bench_config.py [--runs 21] [--base DIR] [--json FILE]
 
 ``--base DIR``: also time a tree whose ``DIR/vmsandbox`` is an older version (e.g. from
-`git archive HEAD~N vmsandbox | tar -x -C DIR`), in the same interpreter, for a before/after.
+`git archive HEAD~N vmsandbox | tar -x -C DIR`), in the same interpreter and rounds, for a
+before/after.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from harness import Sides, machine_state, report, write_json  # noqa: E402
 
 
 def import_from(tree: str) -> str:
@@ -26,28 +29,24 @@ def import_from(tree: str) -> str:
             f"assert vmsandbox.config.__file__.startswith({tree!r})")
 
 
-def wall_ms(code: str) -> float:
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True)
-    return (time.perf_counter() - t) * 1000
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=21)
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=21, help="rounds, after one warm-up (default 21)")
     ap.add_argument("--base", help="a tree with an older vmsandbox/ to compare with")
+    ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
-    cases = {"python -c pass": "pass", "import pydantic": "import pydantic, pydantic.dataclasses",
-             "import vmsandbox.config": import_from(ROOT)}
+    before = machine_state("before")
+    cases = {"import vmsandbox.config": import_from(ROOT), "python -c pass": "pass",
+             "import pydantic": "import pydantic, pydantic.dataclasses"}
     if args.base:
         cases["import vmsandbox.config (base)"] = import_from(os.path.abspath(args.base))
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(args.runs):
-        for name, code in cases.items():
-            times[name].append(wall_ms(code))
-    print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.runs} interleaved runs")
-    for name, samples in times.items():
-        print(f"  {name:34s} {statistics.median(samples):7.1f} ms")
+    sides = Sides(args.runs)
+    for name, code in cases.items():
+        sides.add(name, lambda code=code: subprocess.run([sys.executable, "-c", code], check=True))
+    samples = sides.run()
+    after = machine_state("after")
+    results = [report(f"import vmsandbox.config against {peer}", samples, "import vmsandbox.config", peer)
+               for peer in list(cases)[1:]]
     sys.path.insert(0, ROOT)
     from vmsandbox.config import load_config
     t = time.perf_counter()
@@ -56,8 +55,12 @@ def main() -> None:
     t = time.perf_counter()
     for _ in range(200):
         load_config(config={"sandbox": {"ttl_seconds": 60}, "safety": {"limits": {"memory": "4G"}}})
-    print(f"  load_config: first call {first * 1000:.2f} ms, then {(time.perf_counter() - t) / 200 * 1000:.3f} ms")
+    then = (time.perf_counter() - t) / 200
+    print(f"\nload_config: first call {first * 1000:.2f} ms, then {then * 1000:.3f} ms (mean of 200)")
+    write_json(args.json, before=before, after=after, results=results, samples=samples,
+               load_config={"first": first, "then": then})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

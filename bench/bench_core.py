@@ -1,11 +1,12 @@
 """Benchmark of the sandbox lifecycle against the same steps done directly with libvirt-python
-and paramiko, in one run on the same box: create-to-first-command, exec round trip on an open
-connection, destroy (medians of 5). Targets under TCG: create within 1.2x of direct, exec
-round trip within 1.1x of raw paramiko (TCP_NODELAY).
+and paramiko on the same box: create -> first command and destroy, interleaved rounds
+(bench/harness.py, order rotated), ratio per round. Target under TCG: create within 1.2x of
+direct (median of the per-round ratios). Exec on an open sandbox is ``bench_exec.py``'s (both
+sides on one guest).
 
-    .venv/bin/python bench/bench_core.py [--runs 5] [--execs 10] [--json FILE]
+    .venv/bin/python bench/bench_core.py [--runs 8] [--json FILE]
 
-Also owns the helpers ``bench_snapshots.py`` reuses: a throwaway state directory and core
+Also owns the guest helpers the other benchmarks share: a throwaway state directory and core
 (``BenchEnv``), a guest driven directly through libvirt (``DirectGuest``), the paramiko
 "until a command runs" loop (``ssh_until_command``), and a description of the machine.
 """
@@ -13,23 +14,22 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import logging
 import os
 import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import libvirt  # noqa: E402
 import paramiko  # noqa: E402
@@ -38,6 +38,8 @@ from vmsandbox import SandboxCore  # noqa: E402
 from vmsandbox.boxes import Box, BoxStore  # noqa: E402
 from vmsandbox.providers.base import MachineSpec  # noqa: E402
 from vmsandbox.providers.libvirt.domain_xml import domain_xml  # noqa: E402
+
+from harness import Sides, machine_state, report, write_json  # noqa: E402
 
 URI = "qemu:///system"
 BOX_DIR = os.environ.get("VMSANDBOX_TEST_BOX_DIR", "/var/lib/vmsandbox/boxes")
@@ -53,18 +55,22 @@ logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 # -- environment -------------------------------------------------------------------------
 class BenchEnv:
     """A QEMU-readable state directory, a unique domain prefix, one SandboxCore, one libvirt
-    connection; ``close`` removes every domain with the prefix and every file."""
+    connection; ``close`` removes every domain with the prefix and every file. ``config``: more
+    settings, merged section by section over the benchmark's; ``core_kwargs`` go to SandboxCore."""
 
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, config: Optional[dict] = None, **core_kwargs: Any) -> None:
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"vmsbx-bench-{tag}-", dir="/var/tmp"))
         os.chmod(self.state_dir, 0o711)
         (self.state_dir / "direct").mkdir(mode=0o755)
         self.prefix = tag[:2] + uuid.uuid4().hex[:4] + "-"
-        self.core = SandboxCore(config={
+        settings: dict = {
             "sandbox": {"state_directory": str(self.state_dir), "box_directory": BOX_DIR,
                         "domain_prefix": self.prefix, "accelerator": "tcg",
                         "boot_timeout_seconds": int(BOOT_TIMEOUT)},
-            "monitoring": {"enabled": False}})
+            "monitoring": {"enabled": False}}
+        for section, values in (config or {}).items():
+            settings[section] = {**settings.get(section, {}), **values}
+        self.core = SandboxCore(config=settings, **core_kwargs)
         self.box: Box = BoxStore(Path(BOX_DIR)).get("tiny")
         self.conn = libvirt.open(URI)
         self.pkey = paramiko.PKey.from_path(self.box.ssh_key)
@@ -192,17 +198,7 @@ class DirectGuest:
             self.disk.unlink(missing_ok=True)
 
 
-# -- reporting ---------------------------------------------------------------------------
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
+# -- machine ------------------------------------------------------------------------------
 def machine_info() -> dict:
     def sh(*cmd: str) -> str:
         try:
@@ -221,126 +217,71 @@ def machine_info() -> dict:
 
 
 def load_and_domains() -> dict:
-    """``uptime`` load averages and every running domain (other people's included)."""
-    out = subprocess.run(["virsh", "-c", URI, "list", "--name"], capture_output=True, text=True).stdout
-    return {"loadavg": os.getloadavg(), "running_domains": [d for d in out.split() if d]}
-
-
-def print_table(title: str, rows: list[tuple[str, str, str, str]]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for i, r in enumerate(rows):
-        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-
-
-def ms(x: float) -> str:
-    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
+    """Load averages and every running domain (other people's included): ``harness.machine_state``."""
+    return machine_state(uri=URI)
 
 
 # -- the benchmark -----------------------------------------------------------------------
-def run(env: BenchEnv, runs: int, execs: int) -> dict:
+def run(env: BenchEnv, runs: int) -> dict:
+    """Each side's step is a whole lifecycle: create until ``true`` runs (its sample), then
+    destroy (recorded beside it), so only one of the benchmark's guests runs at a time."""
     core = env.core
-    s: dict[str, list[float]] = {k: [] for k in (
-        "create_core", "create_direct", "exec_core", "exec_session", "exec_raw_nodelay", "exec_raw_nagle",
-        "destroy_core", "destroy_direct")}
-    for i in range(runs):
-        direct = DirectGuest(env, f"direct{i}")
-        sid = None
-        clients: list[paramiko.SSHClient] = []     # [direct guest with NODELAY, same without]
+    destroys: dict[str, list[float]] = {"vmsandbox": [], "direct": []}
+    n = {"vmsandbox": 0, "direct": 0}
+
+    def vmsandbox() -> float:
+        n["vmsandbox"] += 1
+        t0 = time.perf_counter()
+        sid = core.create_sandbox(f"core{n['vmsandbox']}", {"box": "tiny", "resource_limits": LIMITS})
+        assert core.execute(sid, "true").exit_code == 0
+        created = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        core.destroy(sid)
+        destroys["vmsandbox"].append(time.perf_counter() - t0)
+        return created
+
+    def direct() -> float:
+        n["direct"] += 1
+        guest = DirectGuest(env, f"direct{n['direct']}")
         try:
-            def core_create() -> str:
-                new = core.create_sandbox(f"core{i}", {"box": "tiny", "resource_limits": LIMITS})
-                assert core.execute(new, "true").exit_code == 0
-                return new
-            # alternate who goes first so slow drift of the machine's load hits both sides
-            order = ["core", "direct"] if i % 2 == 0 else ["direct", "core"]
-            for who in order:
-                if who == "core":
-                    t, sid = timed(core_create)
-                    s["create_core"].append(t)
-                else:
-                    t, client = timed(direct.boot)
-                    s["create_direct"].append(t)
-                    clients.append(client)
-            nagle = ssh_until_command(direct.port, env, nodelay=False)
-            clients.append(nagle)
-            session = core.session(core.get(sid))
-            for _ in range(execs):          # interleaved, so load changes hit all four alike
-                s["exec_core"].append(timed(lambda: core.execute(sid, "true"))[0])
-                s["exec_session"].append(timed(lambda: session.execute("true"))[0])
-                s["exec_raw_nodelay"].append(timed(lambda: raw_exec(clients[0]))[0])
-                s["exec_raw_nagle"].append(timed(lambda: raw_exec(nagle))[0])
-            for c in clients:
-                c.close()
-            for who in order:
-                if who == "core":
-                    s["destroy_core"].append(timed(lambda: core.destroy(sid))[0])
-                    sid = None
-                else:
-                    s["destroy_direct"].append(timed(direct.destroy)[0])
-            print(f"run {i + 1}/{runs}: create {ms(s['create_core'][-1])} vs {ms(s['create_direct'][-1])}, "
-                  f"destroy {ms(s['destroy_core'][-1])} vs {ms(s['destroy_direct'][-1])}", flush=True)
+            t0 = time.perf_counter()
+            guest.boot().close()
+            created = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            guest.destroy()
+            destroys["direct"].append(time.perf_counter() - t0)
+            return created
         finally:
-            for c in clients:
-                c.close()
-            if sid is not None:
-                core.destroy(sid)
-            if direct.dom is not None:
-                remove_domain(direct.dom)
-            direct.disk.unlink(missing_ok=True)
-    return s
+            if guest.dom is not None:
+                remove_domain(guest.dom)
+            guest.disk.unlink(missing_ok=True)
 
-
-def report(s: dict[str, list[float]]) -> dict:
-    m = {k: median(v) for k, v in s.items()}
-    results = {
-        "create_to_first_command": {"vmsandbox": m["create_core"], "direct": m["create_direct"],
-                                    "ratio": m["create_core"] / m["create_direct"], "target": 1.2},
-        "exec_round_trip": {"vmsandbox": m["exec_core"], "direct": m["exec_raw_nodelay"],
-                            "ratio": m["exec_core"] / m["exec_raw_nodelay"], "target": 1.1,
-                            "ssh_session_only": m["exec_session"], "raw_paramiko_without_nodelay": m["exec_raw_nagle"]},
-        "destroy": {"vmsandbox": m["destroy_core"], "direct": m["destroy_direct"],
-                    "ratio": m["destroy_core"] / m["destroy_direct"], "target": None},
-    }
-    rows = [("step", "vmsandbox", "direct", "ratio (target)")]
-    for key, label in (("create_to_first_command", "create to first command"),
-                       ("exec_round_trip", "exec round trip (open conn.)"), ("destroy", "destroy")):
-        r = results[key]
-        tgt = f" (< {r['target']}x {'met' if r['ratio'] <= r['target'] else 'MISSED'})" if r["target"] else ""
-        rows.append((label, ms(r["vmsandbox"]), ms(r["direct"]), f"{r['ratio']:.2f}x{tgt}"))
-    rows.append(("  exec: SSHSession.execute only", ms(m["exec_session"]), ms(m["exec_raw_nodelay"]),
-                 f"{m['exec_session'] / m['exec_raw_nodelay']:.2f}x"))
-    rows.append(("  exec: raw paramiko without NODELAY", "", ms(m["exec_raw_nagle"]), ""))
-    n = {k: len(v) for k, v in s.items()}
-    print_table(f"medians (create/destroy n={n['create_core']}, exec n={n['exec_core']})", rows)
-    return results
+    def progress(i: int, r: dict) -> None:
+        print(f"round {i + 1}/{runs}: create {r['vmsandbox']:.2f} s vs {r['direct']:.2f} s, destroy "
+              f"{destroys['vmsandbox'][-1]:.2f} s vs {destroys['direct'][-1]:.2f} s", flush=True)
+    sides = Sides(runs, warmup=1, on_round=progress).add("vmsandbox", vmsandbox).add("direct", direct)
+    creates = sides.run()
+    return {"create": creates, "destroy": {k: v[sides.warmup:] for k, v in destroys.items()}}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5, help="guests booted per side (default 5)")
-    ap.add_argument("--execs", type=int, default=10, help="round trips per guest and kind (default 10)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=8, help="rounds (both sides each), after one warm-up (default 8)")
     ap.add_argument("--json", metavar="FILE", help="also write the samples and results as JSON")
     args = ap.parse_args()
-    before = load_and_domains()
-    print(f"load before: {before['loadavg']}, running domains: {before['running_domains']}")
+    before = machine_state("before")
     env = BenchEnv("bc")
     try:
-        samples = run(env, args.runs, args.execs)
+        samples = run(env, args.runs)
     finally:
         left = env.close()
         if left:
             print(f"LEAKED domains: {left}", file=sys.stderr)
-    after = load_and_domains()
-    print(f"load after: {after['loadavg']}, running domains: {after['running_domains']}")
-    results = report(samples)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine_info(), "before": before, "after": after,
-                                               "results": results, "samples": samples}, indent=2))
-    ok = results["create_to_first_command"]["ratio"] <= 1.2 and results["exec_round_trip"]["ratio"] <= 1.1
-    return 0 if ok else 1
+    after = machine_state("after")
+    results = [report("create -> first command", samples["create"], "vmsandbox", "direct", target=1.2),
+               report("destroy", samples["destroy"], "vmsandbox", "direct")]
+    write_json(args.json, machine=machine_info(), before=before, after=after, results=results, samples=samples)
+    return 0 if results[0]["met"] and not left else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -24,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness import Spread, clocked as timed, machine_state, write_json  # noqa: E402
 
 from vmsandbox import SandboxCore  # noqa: E402
 from vmsandbox.boxes import BoxStore  # noqa: E402
@@ -35,20 +37,14 @@ JOB = ("cd /root && echo '#include <stdio.h>' > job.c && echo 'int main(void){pu
        " && gcc -O2 -o job job.c && ./job && echo {n} > /root/whoami")
 
 
-def timed(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return value, time.perf_counter() - t0
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--accelerator", default="auto", choices=("auto", "kvm", "tcg"))
     ap.add_argument("--clones", type=int, default=3)
     ap.add_argument("--boots", type=int, default=3)
-    ap.add_argument("--json")
+    ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
-    results: dict = {"accelerator": args.accelerator, "load_before": os.getloadavg()}
+    results: dict = {"accelerator": args.accelerator, "before": machine_state("before")}
 
     store = BoxStore(Path(BOX_DIR))
     try:
@@ -73,7 +69,7 @@ def main() -> int:
                 _, results["acpi_stop_s"] = timed(core.stop, sid, 60)
             core.destroy(sid)
         results["boot_to_ssh_s"] = boots
-        results["boot_to_ssh_median_s"] = statistics.median(boots)
+        results["boot_to_ssh_median_s"] = Spread.of(boots).median
 
         sid, results["create_base_s"] = timed(core.create_sandbox, "base", {"box": "debian", "resource_limits": LIMITS})
         res, results["provision_build_tools_s"] = timed(
@@ -114,10 +110,9 @@ def main() -> int:
         core.snapshots.wait_background()
         core.close()
         shutil.rmtree(state, ignore_errors=True)
-    results["load_after"] = os.getloadavg()
+    results["after"] = machine_state("after")
     print(json.dumps(results, indent=2, default=str))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    write_json(args.json, **results)
     if args.accelerator == "tcg" and results.get("boot_to_ssh_median_s", 99) >= 15:
         failed.append("boot to SSH under TCG is not under 15 s")
     for f in failed:

@@ -1,8 +1,9 @@
 """Benchmark of the test farm: 16 short jobs as a farm (linked clones of one memory snapshot)
 with --parallel 2 and 4, against the naive loop (a fresh sandbox per job: create, run, destroy),
-the same jobs, one run on the same machine.
+the same jobs, in rounds whose order rotates (bench/harness.py; one round by default: each side
+takes one to two minutes), ratio of the wall times per round (farm / naive).
 
-    .venv/bin/python bench/bench_farm.py [--jobs 16] [--json FILE]
+    .venv/bin/python bench/bench_farm.py [--jobs 16] [--rounds 1] [--json FILE]
 
 Targets: the farm >= 3x faster than the naive loop in total wall time (base preparation
 included: each farm run rebuilds its base), and per-job start (clone requested -> the job's
@@ -11,7 +12,6 @@ command started) <= 1.5 s (median).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_core import BenchEnv, LIMITS, load_and_domains, machine_info, median, print_table  # noqa: E402
+from bench_core import BenchEnv, LIMITS, machine_info  # noqa: E402
+from harness import Sides, machine_state, report, spread_row, write_json  # noqa: E402
 
 from vmsandbox.farm import Farm, loads_farm  # noqa: E402
 
@@ -65,42 +66,44 @@ def farm(env: BenchEnv, jobs: int, parallel: int, outdir: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=16)
-    ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of all three (default 1, no warm-up)")
+    ap.add_argument("--json", dest="json_path", metavar="FILE")
     args = ap.parse_args()
-    before = load_and_domains()
+    before = machine_state("before")
     env = BenchEnv("bf")
-    out: dict = {"machine": machine_info(), "load_before": before, "jobs": args.jobs}
+    runs: dict[str, list[dict]] = {"farm -p2": [], "naive loop": [], "farm -p4": []}
+
+    def side(name: str) -> float:
+        out = (naive(env, args.jobs) if name == "naive loop"
+               else farm(env, args.jobs, int(name[-1]), env.state_dir / "farm-out"))
+        runs[name].append(out)
+        print(f"{name}: {out['wall']:.1f} s", flush=True)
+        return out["wall"]
     try:
-        outdir = env.state_dir / "farm-out"
-        # the naive loop between the two farm runs, so a change of load hits both sides
-        out["farm_p2"] = farm(env, args.jobs, 2, outdir)
-        out["naive"] = naive(env, args.jobs)
-        out["farm_p4"] = farm(env, args.jobs, 4, outdir)
+        sides = Sides(args.rounds, warmup=0)
+        for name in runs:
+            sides.add(name, lambda name=name: side(name))
+        walls = sides.run()
     finally:
         left = env.close()
-        out["load_after"] = load_and_domains()
+    after = machine_state("after")
     if left:
         print(f"error: domains left behind: {left}", file=sys.stderr)
         return 1
-    nv = out["naive"]["wall"]
-    rows = [("run", "wall (s)", "speed-up", "start latency median / max (s)")]
-    rows.append(("naive loop (create, run, destroy)", f"{nv:.1f}", "1.0x",
-                 f"{median(out['naive']['start_latency']):.2f} / {max(out['naive']['start_latency']):.2f}"))
-    ok = True
-    for key, label in (("farm_p2", "farm --parallel 2"), ("farm_p4", "farm --parallel 4")):
-        f = out[key]
-        speed = nv / f["wall"]
-        lat = f["start_latency"]
-        rows.append((f"{label} (base {f['base']:.1f} s incl.)", f"{f['wall']:.1f}", f"{speed:.1f}x",
-                     f"{median(lat):.2f} / {max(lat):.2f}"))
-        ok &= speed >= 3 and median(lat) <= 1.5
-    print_table(f"{args.jobs} short jobs, one run (load before {before['loadavg'][0]:.2f}, "
-                f"after {out['load_after']['loadavg'][0]:.2f})", rows)
+    print(f"\n{args.jobs} short jobs; each farm run rebuilds its base (in its wall time)")
+    results = [report(f"wall time, {name} against the naive loop (target ratio <= 0.33: >= 3x faster)", walls, name,
+                      "naive loop", target=0.33) for name in ("farm -p2", "farm -p4")]
+    print("\n| per-job start (clone or create -> command started) | median | p95 | min-max | |\n|---|---|---|---|---|")
+    starts = [spread_row(name, [x for r in rs for x in r["start_latency"]], None if name == "naive loop" else 1.5)
+              for name, rs in runs.items()]
+    print("farm base preparation: " + ", ".join(f"{name} {r['base']:.1f} s" for name, rs in runs.items()
+                                                 for r in rs if "base" in r))
+    ok = all(r["met"] for r in results) and all(s["met"] is not False for s in starts)
     print(f"\ntargets: >= 3x faster than the naive loop, start latency median <= 1.5 s: {'met' if ok else 'MISSED'}")
-    if args.json_path:
-        Path(args.json_path).write_text(json.dumps(out, indent=2, default=str))
+    write_json(args.json_path, machine=machine_info(), before=before, after=after, jobs=args.jobs, results=results,
+               start_latency=starts, runs=runs)
     return 0 if ok else 1
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness import machine_state, process_cpu as cpu_of, write_json  # noqa: E402
 
 from tests.redis_server import RedisServer  # noqa: E402
 from vmsandbox.farm import Farm, loads_farm  # noqa: E402
@@ -30,13 +33,6 @@ from vmsandbox.farm.distributed import list_workers, run_distributed  # noqa: E4
 from vmsandbox.testing import fake_core  # noqa: E402
 
 JOB_SECONDS = 0.1
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
 
 
 def one(url: str, redis_pid: int, workers: int, slots: int, jobs: int, tmp: Path) -> dict:
@@ -89,12 +85,13 @@ def one(url: str, redis_pid: int, workers: int, slots: int, jobs: int, tmp: Path
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", default="1,4,16")
     ap.add_argument("--slots", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--json")
     a = ap.parse_args()
+    before = machine_state("before")
     tmp = Path(tempfile.mkdtemp(prefix="bench-dist-", dir="/var/tmp"))
     rows = []
     try:
@@ -109,7 +106,8 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]
-    print(f"\nload average {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+    after = machine_state("after")
+    print(f"\n{os.cpu_count()} cores")
     print(f"{'workers':>7} {'slots':>5} {'jobs':>5} {'wall s':>7} {'jobs/s':>7} {'x linear':>8} {'overhead ms/job':>15}"
           f"  CPU ms/job: workers broker submitter")
     ok = True
@@ -120,8 +118,7 @@ def main() -> int:
               f"{r['linearity']:>8} {r['overhead_ms']:>15}  {r['cpu_ms_per_job']['workers']:>16} "
               f"{r['cpu_ms_per_job']['broker']:>6} {r['cpu_ms_per_job']['submitter']:>9}")
         ok &= r["passed"] == r["jobs"] and r["overhead_ms"] <= 50 and r["linearity"] >= 0.8
-    if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+    write_json(a.json, before=before, after=after, rows=rows)
     return 0 if ok else 1
 
 

@@ -16,6 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness import machine_state  # noqa: E402
 
 from vmsandbox.safety import RiskLevel, SafetyValidator  # noqa: E402
 
@@ -40,9 +43,10 @@ def rates(validator: SafetyValidator) -> bool:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=20, help="passes over the corpora (default 20)")
     args = ap.parse_args()
+    machine_state("before")
     commands = [e["cmd"] for path in CORPORA for e in yaml.safe_load(path.read_text())]
     validator = SafetyValidator()
     corpora_ok = rates(validator)
@@ -58,6 +62,7 @@ def main() -> int:
     median = statistics.median(samples) * 1000
     p99 = samples[int(len(samples) * 0.99) - 1] * 1000
     worst = samples[-1] * 1000
+    machine_state("after")
     print(f"commands: {len(commands)}  samples: {len(samples)}")
     print(f"median: {median:.3f} ms  p99: {p99:.3f} ms  max: {worst:.3f} ms")
     ok = median <= 1.0 and p99 <= 5.0

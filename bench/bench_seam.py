@@ -2,24 +2,27 @@
 create to first command, exec round trip, memory snapshot, rollback to first command, destroy.
 
 Each round runs one short worker process per tree (``--before`` a checkout of the older code,
-``--after`` this one), alternating which goes first; the report gives each pair's ratio
-(after/before) with the median and min-max, since boot times here fall in two modes.
+"after" this one), in rounds whose order rotates (bench/harness.py); the report gives each
+round's ratio (after/before) with the median and min-max, since boot times here fall in two modes.
 
     git worktree add /tmp/before <commit>
-    .venv/bin/python bench/bench_seam.py --before /tmp/before --rounds 5 [--json FILE]
+    .venv/bin/python bench/bench_seam.py --before /tmp/before --rounds 5 [--warmup 0] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from harness import Sides, machine_state, report, write_json  # noqa: E402
 
 WORKER = r"""
 import json, os, statistics, sys, tempfile, time
@@ -61,29 +64,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", type=Path, required=True, help="checkout of the code to compare against")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=0, help="rounds run first and not recorded (default 0)")
     ap.add_argument("--box-dir", default=os.environ.get("VMSANDBOX_TEST_BOX_DIR", "/var/lib/vmsandbox/boxes"))
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
-    pairs: dict[str, list[tuple[float, float]]] = {}
-    for r in range(args.rounds):
-        order = [("before", args.before), ("after", ROOT)]
-        if r % 2:
-            order.reverse()
-        got = {side: run(tree, args.box_dir, f"{side[0]}{r}") for side, tree in order}
-        for k in got["after"]:
-            pairs.setdefault(k, []).append((got["before"][k], got["after"][k]))
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    report = {}
-    print(f"{'what':28} {'before':>10} {'after':>10} {'ratio median':>13} {'ratio min-max':>15}")
-    for k, ps in pairs.items():
-        ratios = [a / b for b, a in ps]
-        report[k] = {"before_median": statistics.median(b for b, _ in ps), "after_median": statistics.median(a for _, a in ps),
-                     "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
-        unit, f = ("ms", 1000) if report[k]["before_median"] < 1 else ("s", 1)
-        print(f"{k:28} {report[k]['before_median'] * f:>8.1f}{unit:>2} {report[k]['after_median'] * f:>8.1f}{unit:>2} "
-              f"{report[k]['ratio_median']:>13.2f} {report[k]['ratio_min']:>7.2f}-{report[k]['ratio_max']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+    before = machine_state("before")
+    got: dict[str, list[dict]] = {"after": [], "before": []}
+    n = iter(range(10 ** 6))
+
+    def side(name: str, tree: Path) -> float:
+        out = run(tree, args.box_dir, f"{name[0]}{next(n)}{uuid.uuid4().hex[:3]}")
+        got[name].append(out)
+        return out["create_to_first_command"]
+    Sides(args.rounds, warmup=args.warmup, on_round=lambda i, _r: print(f"round {i + 1}/{args.rounds} done",
+                                                                         file=sys.stderr)) \
+        .add("after", lambda: side("after", ROOT)).add("before", lambda: side("before", args.before)).run()
+    after = machine_state("after")
+    results = []
+    for k in got["after"][0]:
+        samples = {name: [w[k] for w in got[name][args.warmup:]] for name in got}
+        results.append(report(k, samples, "after", "before"))
+    write_json(args.json, before=before, after=after, results=results, workers=got)
 
 
 if __name__ == "__main__":

@@ -1,36 +1,40 @@
 """Benchmark: plain `vagrant up` to a first command, against `vmsandbox create` (libvirt provider)
 to a first command, same box (tiny), same private libvirtd; and vmsandbox's own Vagrant provider.
-Three runs of each, medians.
+Three interleaved rounds (bench/harness.py: order rotated, ratio per round to vmsandbox create
+with the libvirt provider); each side destroys its guest, untimed, after its sample.
 
 vagrant-libvirt needs its NAT management network, so the whole benchmark runs inside a network
 namespace with a private libvirtd (tests/integration/privnet.py): run it from the host and it
 starts that, re-runs itself inside, and tears it down.
 
-    .venv/bin/python bench/bench_vagrant.py [--runs 3]
+    .venv/bin/python bench/bench_vagrant.py [--runs 3] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
+from harness import Sides, machine_state, report, write_json  # noqa: E402
 from privnet import ENV_NS, ENV_URI, PrivateLibvirt, root_network  # noqa: E402
 
 BOX_DIR = os.environ.get("VMSANDBOX_TEST_BOX_DIR", "/var/lib/vmsandbox/boxes")
 
 
-def plain_vagrant(workdir: Path, uri: str, runs: int) -> list[float]:
-    """`vagrant box add` once (not timed); then per run: `vagrant up` + `vagrant ssh -c true`, destroy."""
+def plain_vagrant(workdir: Path, uri: str) -> Callable[[], float]:
+    """`vagrant box add` once (not timed); the step: `vagrant up` + `vagrant ssh -c true` (timed), destroy."""
     from vmsandbox.boxes import BoxStore
     home = workdir / "vagrant-home"
     env = {**os.environ, "VAGRANT_HOME": str(home), "VAGRANT_CHECKPOINT_DISABLE": "1"}
@@ -48,17 +52,19 @@ def plain_vagrant(workdir: Path, uri: str, runs: int) -> list[float]:
   end
 end
 """)
-    times = []
-    for _ in range(runs):
-        t = time.monotonic()
+
+    def step() -> float:
+        t = time.perf_counter()
         subprocess.run(["vagrant", "up"], cwd=project, env=env, check=True, capture_output=True)
         subprocess.run(["vagrant", "ssh", "-c", "true"], cwd=project, env=env, check=True, capture_output=True)
-        times.append(time.monotonic() - t)
+        took = time.perf_counter() - t
         subprocess.run(["vagrant", "destroy", "-f"], cwd=project, env=env, check=True, capture_output=True)
-    return times
+        return took
+    return step
 
 
-def vmsandbox_create(workdir: Path, uri: str, provider: str, runs: int) -> list[float]:
+@contextlib.contextmanager
+def vmsandbox_create(workdir: Path, uri: str, provider: str) -> Iterator[Callable[[], float]]:
     from vmsandbox import SandboxCore
     state = workdir / f"state-{provider}"
     state.mkdir()
@@ -66,17 +72,19 @@ def vmsandbox_create(workdir: Path, uri: str, provider: str, runs: int) -> list[
     cfg = {"sandbox": {"state_directory": str(state), "box_directory": BOX_DIR, "domain_prefix": f"bv{provider[0]}-",
                        "libvirt_uri": uri, "vagrant_libvirt_uri": uri, "provider": provider},
            "monitoring": {"enabled": False}, "safety": {"validation": {"enabled": False}}}
-    times = []
+    n = iter(range(10 ** 6))
     with SandboxCore(config=cfg) as core:
         if provider == "vagrant":         # adding the box to Vagrant happens once: not timed, as above
             core.providers["vagrant"].ensure_box(core.boxes.get("tiny"))
-        for i in range(runs):
-            t = time.monotonic()
-            sid = core.create_sandbox(f"bench-{i}", {"box": "tiny"})
+
+        def step() -> float:
+            t = time.perf_counter()
+            sid = core.create_sandbox(f"bench-{next(n)}", {"box": "tiny"})
             core.execute(sid, "true")
-            times.append(time.monotonic() - t)
+            took = time.perf_counter() - t
             core.destroy(sid)
-    return times
+            return took
+        yield step
 
 
 def inside(runs: int) -> dict:
@@ -84,36 +92,38 @@ def inside(runs: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-vagrant-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o711)
-        out = {"vmsandbox create (libvirt)": vmsandbox_create(work, uri, "libvirt", runs),
-               "vagrant up (plain)": plain_vagrant(work, uri, runs),
-               "vmsandbox create (vagrant provider)": vmsandbox_create(work, uri, "vagrant", runs)}
-    return out
+        with vmsandbox_create(work, uri, "libvirt") as libvirt_step, vmsandbox_create(work, uri, "vagrant") as vagrant_step:
+            return Sides(runs, warmup=0).add(LIBVIRT, libvirt_step).add("vagrant up (plain)", plain_vagrant(work, uri)) \
+                .add("vmsandbox create (vagrant provider)", vagrant_step).run()
+
+
+LIBVIRT = "vmsandbox create (libvirt)"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     if os.environ.get(ENV_NS):
         print(json.dumps(inside(args.runs)))
         return
-    before = root_network()
+    before = machine_state("before")
+    net = root_network()
     p = PrivateLibvirt().start()
     try:
         r = subprocess.run(p.command_inside([sys.executable, __file__, "--runs", str(args.runs)]),
                            env={**os.environ, **p.env()}, capture_output=True, text=True, timeout=1800)
     finally:
         p.stop()
-    assert root_network() == before, "the root namespace's links or routes changed"
+    assert root_network() == net, "the root namespace's links or routes changed"
     if r.returncode != 0:
         sys.exit(f"benchmark failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    results = json.loads(r.stdout.strip().splitlines()[-1])
-    base = statistics.median(results["vmsandbox create (libvirt)"])
-    print(f"load {os.getloadavg()[0]:.2f}; {args.runs} runs each, seconds to a first command")
-    print("| path | runs | median | ratio to vmsandbox create (libvirt) |\n|---|---|---|---|")
-    for k, v in results.items():
-        print(f"| {k} | {', '.join(f'{x:.1f}' for x in v)} | {statistics.median(v):.1f} | "
-              f"{statistics.median(v) / base:.2f}x |")
+    samples = json.loads(r.stdout.strip().splitlines()[-1])
+    after = machine_state("after")
+    print(f"{args.runs} rounds, seconds to a first command")
+    results = [report(f"{k} against {LIBVIRT}", samples, k, LIBVIRT) for k in samples if k != LIBVIRT]
+    write_json(args.json, before=before, after=after, results=results, samples=samples)
 
 
 if __name__ == "__main__":

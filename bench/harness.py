@@ -14,11 +14,16 @@ from one round to the next, so slow drift of the load hits every side alike.
 
 A side's callable is timed with ``perf_counter`` unless it returns a float itself (then that is
 its sample: for steps that must time only part of what they do).
+
+Every script prints the machine's state before and after (``machine_state``: load averages and
+the running domains, other people's included) and writes ``--json`` through ``write_json``.
 """
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -80,6 +85,13 @@ def timed(step: Callable[[], Any]) -> float:
     return float(out) if isinstance(out, float) else elapsed
 
 
+def clocked(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``fn(*args, **kwargs)`` and the seconds it took, for steps timed one by one (no peer)."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
 def pair_ratios(ours: list[float], peer: list[float]) -> Spread:
     """Ratio of each round's samples (ours / peer), as a spread."""
     return Spread.of([a / b for a, b in zip(ours, peer) if b > 0])
@@ -100,7 +112,7 @@ def report(title: str, samples: dict[str, list[float]], ours: str, peer: str,
     met = None if target is None else r.median <= target
     verdict = "" if target is None else f" (target {target}x: {'met' if met else 'MISSED'})"
     print(f"\n{title} (n={r.n}, interleaved)")
-    print(f"| side | median | p95 | min-max |\n|---|---|---|---|")
+    print("| side | median | p95 | min-max |\n|---|---|---|---|")
     for name, s in ((ours, a), (peer, b)):
         print(f"| {name} | {ms(s.median)} | {ms(s.p95)} | {ms(s.min)}-{ms(s.max)} |")
     print(f"| ratio per round | {r.median:.2f}x | {r.p95:.2f}x | {r.min:.2f}x-{r.max:.2f}x |{verdict}")
@@ -114,6 +126,38 @@ def spread_row(title: str, xs: list[float], target: Optional[float] = None) -> d
     verdict = "" if target is None else f" (target {ms(target)}: {'met' if met else 'MISSED'})"
     print(f"| {title} | {ms(s.median)} | {ms(s.p95)} | {ms(s.min)}-{ms(s.max)} | n={s.n}{verdict}")
     return {"title": title, **asdict(s), "target": target, "met": met}
+
+
+def differences(ours: list[float], peer: list[float]) -> Spread:
+    """Difference of each round's samples (ours - peer), as a spread: for costs such as CPU
+    shares, where a ratio means little."""
+    return Spread.of([a - b for a, b in zip(ours, peer)])
+
+
+def machine_state(label: str = "", uri: str = "qemu:///system") -> dict:
+    """Load averages and every running domain (other people's included); printed when ``label``."""
+    try:
+        out = subprocess.run(["virsh", "-c", uri, "list", "--name"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    state = {"at": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg(),
+             "running_domains": [d for d in out.split() if d]}
+    if label:
+        load = " ".join(f"{x:.2f}" for x in state["loadavg"])
+        print(f"{label}: {state['at']}, load {load}, {len(state['running_domains'])} running domains: "
+              f"{' '.join(state['running_domains']) or '-'}", flush=True)
+    return state
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def write_json(path: Optional[str], **data: Any) -> None:
