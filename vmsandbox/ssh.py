@@ -125,11 +125,16 @@ class SSHSession:
         """
         started = time.monotonic()
         deadline = started + timeout
-        # A guest without a listener yet closes the forwarded connection at once; an attempt that
-        # used its whole banner timeout met a server too slow to greet in time (OpenSSH re-executes
-        # itself per connection, which takes seconds in a TCG guest on a loaded host). Cutting such
-        # attempts short forever is a livelock: give each next one twice as long.
+        # An attempt that used its whole banner timeout met either a guest whose network stack is
+        # not up yet (QEMU's user network accepts on the host, then its SYNs to the guest go
+        # unanswered and are retried with a growing backoff: a long attempt waits for that
+        # backoff, a fresh one sends a fresh SYN), or a server too slow to greet (OpenSSH
+        # re-executes itself per connection, seconds in a TCG guest on a loaded host; cutting such
+        # attempts short forever is a livelock). Only once an attempt failed fast (the guest's
+        # stack answers: no listener yet) does a timeout mean a slow server: then each next attempt
+        # gets twice as long; before that, half a second more each.
         banner = [_BANNER_TIMEOUT]
+        stack_up = [False]
 
         def attempt() -> None:
             if progress is not None:
@@ -144,8 +149,11 @@ class SSHSession:
                     self._transport = self._connect(banner_timeout=min(banner[0], remaining),
                                                     timeout=min(self.connect_timeout, remaining))
                 except _TransportFault:
-                    if time.monotonic() - tried >= 0.9 * banner[0]:
-                        banner[0] = min(2 * banner[0], max(self.connect_timeout, _BANNER_TIMEOUT))
+                    if time.monotonic() - tried < 0.9 * banner[0]:
+                        stack_up[0] = True
+                    else:
+                        longer = 2 * banner[0] if stack_up[0] else banner[0] + 0.5
+                        banner[0] = min(longer, max(self.connect_timeout, _BANNER_TIMEOUT))
                     raise
 
         try:

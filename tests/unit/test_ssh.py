@@ -492,3 +492,61 @@ def test_wait_ready_gives_a_slow_greeter_more_time_each_attempt(tmp_path):
         sess.close()
         listener.close()
         srv.stop()
+
+
+def test_wait_ready_keeps_attempts_short_while_the_guest_stack_is_down(tmp_path):
+    """While a guest boots, QEMU's user network accepts on the host and then hangs (the guest does
+    not answer its SYNs yet, and a connection made then only goes through after slirp's backoff):
+    attempts must stay short so that a fresh one comes soon after the guest is up. Here
+    connections made in the first 3.5 s hang forever, later ones pass at once; doubling banner
+    timeouts (1, 2, 4 s) would only get through at ~7.6 s."""
+    srv = DropbearServer(tmp_path / "booting")
+    srv.start()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+    up_at = time.monotonic() + 3.5
+    held = []
+
+    def pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                continue
+            if time.monotonic() < up_at:
+                held.append(client)            # the guest never answers this one
+                continue
+            upstream = socket.create_connection(("127.0.0.1", srv.port))
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    sess = SSHSession("127.0.0.1", listener.getsockname()[1], "root", srv.user_key, srv.host_key)
+    started = time.monotonic()
+    try:
+        sess.wait_ready(20)
+        waited = time.monotonic() - started
+        assert 3.4 <= waited < 6.5, f"ready after {waited:.1f} s"
+    finally:
+        stop.set()
+        sess.close()
+        listener.close()
+        for c in held:
+            c.close()
+        srv.stop()
