@@ -121,8 +121,10 @@ class Watchdog:
             return
         with self._lock:
             self._tracks.clear()                        # on-demand readings used no hysteresis
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="vmsandbox-watchdog", daemon=True)
+        # Each thread has its own stop event: a thread that has not yet seen the previous stop()
+        # (a round can outlast the join in stop) must not be revived by clearing a shared one.
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="vmsandbox-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -136,15 +138,15 @@ class Watchdog:
         if thread.is_alive():
             log.warning("watchdog thread did not stop within %.1f s", self.monitoring.interval_seconds)
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         log.debug("watchdog started (every %.1f s)", self.monitoring.interval_seconds)
-        while not self._stop.is_set():
+        while not stop.is_set():
             started = time.monotonic()
             try:
                 self.sample()
             except Exception:                           # never die silently
                 log.exception("watchdog round failed; continuing")
-            self._stop.wait(max(0.0, self.monitoring.interval_seconds - (time.monotonic() - started)))
+            stop.wait(max(0.0, self.monitoring.interval_seconds - (time.monotonic() - started)))
         log.debug("watchdog stopped")
 
     # -- public reads ----------------------------------------------------------------------

@@ -344,3 +344,38 @@ def test_full_cpu_with_measurement_jitter_is_no_limit_breach(make_core):
     for _ in range(3):
         h = tick(wd, dom, cpu_seconds=1.5)[sid]           # well over its limit: a breach
     assert [a for a in h.alerts if a.kind.startswith("limit")]
+
+
+def test_a_slow_round_and_a_quick_restart_leave_one_sampling_thread(make_core):
+    """stop() joins for one interval only; a round that outlasts it must still end its thread
+    when start() follows at once (a shared stop event, cleared by start(), revived it)."""
+    core = make_core()
+    new_sandbox(core)
+    wd = Watchdog(core)
+    real = core.provider.machines_stats
+    slow, inside = threading.Event(), threading.Event()
+
+    def stats(names):
+        if slow.is_set():
+            inside.set()
+            time.sleep(core.config.monitoring.interval_seconds + 0.3)
+        return real(names)
+    core.provider.machines_stats = stats
+    wd.start()
+    try:
+        while wd.rounds < 1:
+            time.sleep(0.01)
+        slow.set()
+        assert inside.wait(5)                  # the thread is inside a slow round
+        wd.stop()                              # gives up joining after one interval
+        slow.clear()
+        wd.start()
+        deadline = time.monotonic() + 3 * core.config.monitoring.interval_seconds + 1
+        while time.monotonic() < deadline:
+            threads = [t for t in threading.enumerate() if t.name == "vmsandbox-watchdog"]
+            if len(threads) == 1:
+                break
+            time.sleep(0.05)
+        assert len(threads) == 1, threads
+    finally:
+        wd.stop()
