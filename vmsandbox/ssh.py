@@ -19,6 +19,7 @@ import random
 import re
 import select
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -371,14 +372,15 @@ class SSHSession:
             raise _Deadline(f"{_MAX_COMMANDS} commands already run on {self._where} and none ended in time")
         lane = self._lanes.pop()                  # list.pop/append are atomic; the semaphore bounds them
         try:
-            return self._run_in_slot(script, stdin_chunks, on_stdout, on_stderr, timeout, deadline, lane)
+            with _SignalGate() as gate:
+                return self._run_in_slot(script, stdin_chunks, on_stdout, on_stderr, timeout, deadline, lane, gate)
         finally:
             self._lanes.append(lane)
             self._slots.release()
 
     def _run_in_slot(self, script: str, stdin_chunks: Iterable[bytes] | None, on_stdout: Callable[[bytes], None],
                      on_stderr: Callable[[bytes], None], timeout: float | None, deadline: float | None,
-                     lane: int = 0) -> int | None:
+                     lane: int = 0, gate: _SignalGate | None = None) -> int | None:
         wrapper = self._wrapper or self._command_wrapper(deadline)
         channel = self._open_channel(wrapper.command(script, lane), deadline)
         pgid = _PgidLine(on_stdout)
@@ -400,6 +402,8 @@ class SSHSession:
                     if pgid.value is not None or now >= deadline + _PGID_GRACE:
                         timed_out = True
                         break
+                if gate is not None:
+                    gate.checkpoint()                 # Ctrl-C / SIGTERM land here, not inside paramiko
                 wait = 0.5 if deadline is None else min(0.5, max(deadline - now, 0.01))
                 select.select([channel], [], [], wait)
             if timed_out:
@@ -491,6 +495,63 @@ class SSHSession:
 
 
 # --------------------------------------------------------------------- helpers
+
+_GATED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _Interrupted(BaseException):
+    """A gated signal whose action is the default one (terminate): unwinds the command so its
+    clean-up runs; ``_SignalGate.__exit__`` then re-raises the signal itself."""
+
+
+class _SignalGate:
+    """Holds SIGINT, SIGTERM and SIGHUP back while a command's paramiko calls run in the main
+    thread. A handler's exception (KeyboardInterrupt, the CLI's SystemExit on SIGTERM) raised
+    inside one of paramiko's lock sections leaves that lock held, and the command's clean-up
+    (kill, close) then waits on it forever: seen as a copy that never ended after Ctrl-C. A signal
+    that arrives is recorded; its own handler runs at ``checkpoint()`` (between paramiko calls,
+    so the clean-up runs as usual) or, if none came, when the gate closes. Other threads: no-op."""
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.saved: dict[int, object] = {}
+
+    def __enter__(self) -> "_SignalGate":
+        if threading.current_thread() is threading.main_thread():
+            try:
+                for signum in _GATED_SIGNALS:
+                    if signal.getsignal(signum) is not None:    # None: a handler not set from Python
+                        self.saved[signum] = signal.signal(signum, self._record)
+            except (ValueError, OSError):       # not the main interpreter: leave signals alone
+                self._restore()
+        return self
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.pending.append(signum)
+
+    def checkpoint(self) -> None:
+        """Run the original handler of a signal that arrived (it may raise)."""
+        if not self.pending:
+            return
+        handler = self.saved.get(self.pending[0])
+        if callable(handler):
+            handler(self.pending.pop(0), None)
+        elif handler == signal.SIG_IGN or handler is None:
+            self.pending.pop(0)
+        else:                                   # SIG_DFL: terminate, after the clean-up
+            raise _Interrupted()
+
+    def _restore(self) -> None:
+        saved, self.saved = self.saved, {}
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+    def __exit__(self, *exc_info: object) -> None:
+        pending, self.pending = self.pending, []
+        self._restore()
+        for signum in pending:                  # delivered now to the restored handlers
+            signal.raise_signal(signum)
+
 
 class _CappedBuffer:
     """Keeps the first ``limit`` bytes of a stream and passes the same bytes on to ``on_chunk``:

@@ -550,3 +550,32 @@ def test_wait_ready_keeps_attempts_short_while_the_guest_stack_is_down(tmp_path)
         for c in held:
             c.close()
         srv.stop()
+
+
+def test_signal_gate_holds_signals_back_until_a_checkpoint_or_its_end():
+    """Ctrl-C during a command must not raise inside paramiko (a lock left held hung the clean-up):
+    the gate records it and runs the real handler between paramiko calls, or when it closes."""
+    from vmsandbox.ssh import _SignalGate
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with _SignalGate() as gate:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)                          # handlers would have run by now
+            assert gate.pending == [signal.SIGINT, signal.SIGTERM]
+            with pytest.raises(KeyboardInterrupt):
+                gate.checkpoint()
+            assert seen == []
+        assert seen == [signal.SIGTERM]               # delivered when the gate closed
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_ctrl_c_during_a_command_kills_it_and_raises(session, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(KeyboardInterrupt):
+        session.execute(f"sleep 1000 & echo $! > {pid_file}; echo go; wait",
+                        on_stdout=lambda chunk: os.kill(os.getpid(), signal.SIGINT))
+    assert process_gone(int(pid_file.read_text()))
