@@ -446,17 +446,26 @@ def test_interrupted_command_is_killed(session, tmp_path):
     assert process_gone(int(pid_file.read_text()))
 
 
-def test_wait_ready_gives_a_slow_greeter_more_time_each_attempt(tmp_path):
-    """A server that needs 1.6 s to greet (OpenSSH in a TCG guest on a busy host) never makes a
-    fixed 1 s banner timeout; the growing one reaches it on the next attempt."""
-    srv = DropbearServer(tmp_path / "slow")
-    srv.start()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
+class _Forwarder:
+    """A TCP forwarder on 127.0.0.1 in front of ``port`` (QEMU's user network, played): replies
+    are held back ``reply_delay`` s (a slow greeter); connections accepted before ``up_at``
+    (monotonic time) are held open and never answered (a guest whose stack is not up yet)."""
 
-    def pipe(src, dst, delay=0.0):
+    def __init__(self, port, reply_delay=0.0, up_at=0.0):
+        self.port, self.reply_delay, self.up_at = port, reply_delay, up_at
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.stop = threading.Event()
+        self.held = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def address(self):
+        return self.listener.getsockname()[1]
+
+    @staticmethod
+    def _pipe(src, dst, delay=0.0):
         time.sleep(delay)
         try:
             while data := src.recv(65536):
@@ -470,27 +479,41 @@ def test_wait_ready_gives_a_slow_greeter_more_time_each_attempt(tmp_path):
                 except OSError:
                     pass
 
-    def serve():
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    def _serve(self):
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
             try:
-                client, _ = listener.accept()
+                client, _ = self.listener.accept()
             except OSError:
                 continue
-            upstream = socket.create_connection(("127.0.0.1", srv.port))
-            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client, 1.6), daemon=True).start()
+            if time.monotonic() < self.up_at:
+                self.held.append(client)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.reply_delay), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
-    sess = SSHSession("127.0.0.1", listener.getsockname()[1], "root", srv.user_key, srv.host_key)
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        for c in self.held:
+            c.close()
+
+
+def test_wait_ready_gives_a_slow_greeter_more_time_each_attempt(tmp_path):
+    """A server that needs 1.6 s to greet (OpenSSH in a TCG guest on a busy host) never makes a
+    fixed 1 s banner timeout; the growing one reaches it on a later attempt."""
+    srv = DropbearServer(tmp_path / "slow")
+    srv.start()
+    fwd = _Forwarder(srv.port, reply_delay=1.6)
+    sess = SSHSession("127.0.0.1", fwd.address, "root", srv.user_key, srv.host_key)
     try:
         waited = sess.wait_ready(15)
         assert 1.6 <= waited < 10
         assert sess.execute("echo up").stdout == "up\n"
     finally:
-        stop.set()
         sess.close()
-        listener.close()
+        fwd.close()
         srv.stop()
 
 
@@ -502,53 +525,16 @@ def test_wait_ready_keeps_attempts_short_while_the_guest_stack_is_down(tmp_path)
     timeouts (1, 2, 4 s) would only get through at ~7.6 s."""
     srv = DropbearServer(tmp_path / "booting")
     srv.start()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    stop = threading.Event()
-    up_at = time.monotonic() + 3.5
-    held = []
-
-    def pipe(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def serve():
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                continue
-            if time.monotonic() < up_at:
-                held.append(client)            # the guest never answers this one
-                continue
-            upstream = socket.create_connection(("127.0.0.1", srv.port))
-            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    sess = SSHSession("127.0.0.1", listener.getsockname()[1], "root", srv.user_key, srv.host_key)
+    fwd = _Forwarder(srv.port, up_at=time.monotonic() + 3.5)
+    sess = SSHSession("127.0.0.1", fwd.address, "root", srv.user_key, srv.host_key)
     started = time.monotonic()
     try:
         sess.wait_ready(20)
         waited = time.monotonic() - started
         assert 3.4 <= waited < 6.5, f"ready after {waited:.1f} s"
     finally:
-        stop.set()
         sess.close()
-        listener.close()
-        for c in held:
-            c.close()
+        fwd.close()
         srv.stop()
 
 
