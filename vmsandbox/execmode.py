@@ -31,6 +31,8 @@ import shlex
 from pathlib import Path
 from typing import Callable
 
+from .perms import write_private
+
 MODES = ("leader", "cgroup", "setsid", "fork")
 MODE_FILE = "exec-mode"
 
@@ -155,7 +157,7 @@ def save(sandbox_dir: Path, mode: str) -> None:
     path = Path(sandbox_dir) / MODE_FILE
     tmp = path.with_name(f".{MODE_FILE}.{os.getpid()}")
     try:
-        tmp.write_text(mode + "\n")
+        write_private(tmp, mode + "\n")          # 0600, as everything in the state directory
         os.replace(tmp, path)
     except OSError:
         try:
