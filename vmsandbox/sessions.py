@@ -9,6 +9,7 @@ with its source's).
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -48,7 +49,7 @@ class SessionPool:
             cached = self._sessions.get(info.id)
             if cached is not None:
                 old_endpoint, session, _ = cached
-                if old_endpoint == endpoint:
+                if old_endpoint == endpoint or _repinned(old_endpoint, endpoint, session):
                     self._sessions[info.id] = (endpoint, session, key)
                     return session
                 session.close()
@@ -113,3 +114,12 @@ class SessionPool:
 def _endpoint_key(info: SandboxInfo) -> tuple:
     """The record fields an endpoint is made of: unchanged means the same endpoint."""
     return (info.provider, info.box, info.ssh_port, info.host_key, info.domain)
+
+
+def _repinned(old: Endpoint, new: Endpoint, session: Any) -> bool:
+    """Whether only the host key changed and ``session`` is already pinned to the new one (the
+    guest's key was rotated through this very session): it can stay open."""
+    def key(line: Optional[str]) -> Optional[str]:
+        return " ".join(line.split()[:2]) if line else None
+    return (dataclasses.replace(old, host_key=new.host_key) == new and new.host_key is not None
+            and key(getattr(session, "host_key", None)) == key(new.host_key))

@@ -43,6 +43,7 @@ logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 _CHUNK = 256 << 10                  # read/write granularity for channels and files
 _BANNER_TIMEOUT = 1.0               # per attempt while waiting for a guest
 _RETRY_WAIT = 0.2                   # pause between readiness attempts
+_SHORT_ATTEMPTS = 8                 # timed-out attempts kept at _BANNER_TIMEOUT while no refusal was seen
 _MAX_COMMANDS = 4                   # commands at once on one connection: dropbear 2022.83 refused channels
                                     # and then dropped the connection with 8 opening at once (measured)
 _KILL_TIMEOUT = 2.0                 # how long the kill channel may take (each step)
@@ -128,14 +129,17 @@ class SSHSession:
         deadline = started + timeout
         # An attempt that used its whole banner timeout met either a guest whose network stack is
         # not up yet (QEMU's user network accepts on the host, then its SYNs to the guest go
-        # unanswered and are retried with a growing backoff: a long attempt waits for that
-        # backoff, a fresh one sends a fresh SYN), or a server too slow to greet (OpenSSH
-        # re-executes itself per connection, seconds in a TCG guest on a loaded host; cutting such
-        # attempts short forever is a livelock). Only once an attempt failed fast (the guest's
-        # stack answers: no listener yet) does a timeout mean a slow server: then each next attempt
-        # gets twice as long; before that, half a second more each.
+        # unanswered and are retried with a growing backoff: a long attempt waits that backoff
+        # out, a fresh one sends a fresh SYN; measured: a 2 s attempt begun before the stack was
+        # up ended 1.5 s after a fresh one would have got in), or a server too slow to greet
+        # (OpenSSH re-executes itself per connection, seconds in a TCG guest on a loaded host;
+        # cutting such attempts short forever is a livelock). Once an attempt failed fast (the
+        # guest's stack answers: no listener yet), a timeout means a slow server: each next
+        # attempt gets twice as long. Before that, attempts stay short for as long as a boot
+        # takes (``_SHORT_ATTEMPTS``), then grow by half.
         banner = [_BANNER_TIMEOUT]
         stack_up = [False]
+        timeouts = [0]
 
         def attempt() -> None:
             if progress is not None:
@@ -153,8 +157,10 @@ class SSHSession:
                     if time.monotonic() - tried < 0.9 * banner[0]:
                         stack_up[0] = True
                     else:
-                        longer = 2 * banner[0] if stack_up[0] else banner[0] + 0.5
-                        banner[0] = min(longer, max(self.connect_timeout, _BANNER_TIMEOUT))
+                        timeouts[0] += 1
+                        if stack_up[0] or timeouts[0] >= _SHORT_ATTEMPTS:
+                            longer = banner[0] * (2 if stack_up[0] else 1.5)
+                            banner[0] = min(longer, max(self.connect_timeout, _BANNER_TIMEOUT))
                     raise
 
         try:
