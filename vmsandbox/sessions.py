@@ -121,5 +121,7 @@ def _repinned(old: Endpoint, new: Endpoint, session: Any) -> bool:
     guest's key was rotated through this very session): it can stay open."""
     def key(line: Optional[str]) -> Optional[str]:
         return " ".join(line.split()[:2]) if line else None
-    return (dataclasses.replace(old, host_key=new.host_key) == new and new.host_key is not None
+    if type(old) is not Endpoint or type(new) is not Endpoint or new.host_key is None:
+        return False                      # another provider's endpoint (a container's has no host key)
+    return (dataclasses.replace(old, host_key=new.host_key) == new
             and key(getattr(session, "host_key", None)) == key(new.host_key))
